@@ -1,0 +1,284 @@
+"""Throughput and memory of the sbsync emulator on this machine.
+
+    python -m bench.emulator_bench [--quick] [--runs N] [--output bench/results/emulator.json]
+
+The emulator runs in its own process (``python -m sbsync.emulator``), so its CPU and RSS are
+its own; the load driver is the official sync SDK (azure-servicebus) in this process, one
+client, links opened before the clock starts. Each figure is the median of several runs,
+each on a fresh queue. Message bodies are 1 KB.
+
+Scenarios:
+  single send     one ``send_messages(message)`` call per message
+  batch send      ``send_messages(list of 100)``
+  receive+complete  peek-lock ``receive_messages(100)`` then ``complete_message`` each
+  session receive+complete  the same on one session of a session-enabled queue
+  memory          emulator RSS idle and with 100,000 queued messages (20,000 in --quick)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import selectors
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from azure.servicebus import ServiceBusClient, ServiceBusMessage
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUTPUT = REPO / "bench" / "results" / "emulator.json"
+BODY = b"x" * 1024
+BATCH = 100
+TARGETS = {"batch_send": 5000.0, "receive_complete": 2000.0}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Messages per run for each scenario, and for the memory measurement."""
+
+    single: int
+    batch: int
+    receive: int
+    session: int
+    memory: int
+
+
+FULL = Sizes(single=2000, batch=20000, receive=10000, session=10000, memory=100_000)
+QUICK = Sizes(single=300, batch=3000, receive=2000, session=2000, memory=20_000)
+
+
+@contextmanager
+def emulator_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Start ``python -m sbsync.emulator`` on a free port; yield it and its connection string."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sbsync.emulator", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert proc.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout, selectors.EVENT_READ)
+            if not selector.select(30):
+                raise RuntimeError("the emulator printed no connection string within 30 s")
+        conn_str = proc.stdout.readline().strip()
+        if not conn_str.startswith("Endpoint="):
+            raise RuntimeError(
+                f"the emulator failed to start: {proc.stderr.read() if proc.stderr else ''}"
+            )
+        yield proc, conn_str
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process, from /proc (Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("VmRSS not found")
+
+
+def _messages(count: int, session_id: str | None = None) -> list[ServiceBusMessage]:
+    return [ServiceBusMessage(BODY, session_id=session_id) for _ in range(count)]
+
+
+def fill(client: ServiceBusClient, queue: str, count: int, session_id: str | None = None) -> None:
+    with client.get_queue_sender(queue) as sender:
+        for start in range(0, count, BATCH):
+            sender.send_messages(_messages(min(BATCH, count - start), session_id))
+
+
+def single_send(client: ServiceBusClient, queue: str, count: int) -> float:
+    with client.get_queue_sender(queue) as sender:
+        sender.send_messages(ServiceBusMessage(BODY))  # warm the link
+        started = time.perf_counter()
+        for _ in range(count):
+            sender.send_messages(ServiceBusMessage(BODY))
+        return count / (time.perf_counter() - started)
+
+
+def batch_send(client: ServiceBusClient, queue: str, count: int) -> float:
+    with client.get_queue_sender(queue) as sender:
+        sender.send_messages(ServiceBusMessage(BODY))
+        started = time.perf_counter()
+        for start in range(0, count, BATCH):
+            sender.send_messages(_messages(min(BATCH, count - start)))
+        return count / (time.perf_counter() - started)
+
+
+def _drain(receiver: Any, count: int) -> float:
+    got = 0
+    started = time.perf_counter()
+    while got < count:
+        msgs = receiver.receive_messages(max_message_count=BATCH, max_wait_time=10)
+        if not msgs:
+            raise RuntimeError(f"only {got} of {count} messages arrived")
+        for msg in msgs:
+            receiver.complete_message(msg)
+        got += len(msgs)
+    return got / (time.perf_counter() - started)
+
+
+def receive_complete(client: ServiceBusClient, queue: str, count: int) -> float:
+    fill(client, queue, count)
+    with client.get_queue_receiver(queue) as receiver:
+        return _drain(receiver, count)
+
+
+def session_receive_complete(client: ServiceBusClient, queue: str, count: int) -> float:
+    fill(client, queue, count, session_id="bench")
+    with client.get_queue_receiver(queue, session_id="bench") as receiver:
+        return _drain(receiver, count)
+
+
+def _median_of(runs: int, measure: Callable[[int], float]) -> dict[str, Any]:
+    rates = [measure(i) for i in range(runs)]
+    return {"msgs_per_s": round(statistics.median(rates), 1), "runs": [round(r, 1) for r in rates]}
+
+
+def throughput(sizes: Sizes, runs: int, log: Callable[[str], None]) -> dict[str, Any]:
+    session_queues = [f"bench-sessions-{i}" for i in range(runs)]
+    args = ["--auto-create"]
+    for name in session_queues:
+        args += ["--session-queue", name]
+    results: dict[str, Any] = {}
+    with (
+        emulator_process(*args) as (_, conn_str),
+        ServiceBusClient.from_connection_string(conn_str) as client,
+    ):
+        scenarios: list[tuple[str, int, Callable[[int], float]]] = [
+            (
+                "single_send",
+                sizes.single,
+                lambda i: single_send(client, f"single-{i}", sizes.single),
+            ),
+            ("batch_send", sizes.batch, lambda i: batch_send(client, f"batch-{i}", sizes.batch)),
+            (
+                "receive_complete",
+                sizes.receive,
+                lambda i: receive_complete(client, f"receive-{i}", sizes.receive),
+            ),
+            (
+                "session_receive_complete",
+                sizes.session,
+                lambda i: session_receive_complete(client, session_queues[i], sizes.session),
+            ),
+        ]
+        for name, count, measure in scenarios:
+            log(f"{name}: {runs} runs of {count} messages ...")
+            results[name] = {"messages_per_run": count, **_median_of(runs, measure)}
+    return results
+
+
+def memory(count: int, log: Callable[[str], None]) -> dict[str, Any]:
+    log(f"memory: queueing {count} messages of 1 KB ...")
+    with emulator_process("--queue", "memory") as (proc, conn_str):
+        time.sleep(0.5)
+        idle = rss_bytes(proc.pid)
+        with ServiceBusClient.from_connection_string(conn_str) as client:
+            started = time.perf_counter()
+            fill(client, "memory", count)
+            fill_rate = count / (time.perf_counter() - started)
+            with client.get_queue_receiver("memory") as receiver:
+                # The last message is there: nothing was lost on the way in.
+                peeked = receiver.peek_messages(max_message_count=1, sequence_number=count)
+                if len(peeked) != 1:
+                    raise RuntimeError("the queue does not hold every message")
+        loaded = rss_bytes(proc.pid)
+    return {
+        "messages": count,
+        "body_bytes": len(BODY),
+        "rss_idle_mib": round(idle / 2**20, 1),
+        "rss_loaded_mib": round(loaded / 2**20, 1),
+        "bytes_per_message": round((loaded - idle) / count),
+        "fill_msgs_per_s": round(fill_rate, 1),
+    }
+
+
+def render(results: dict[str, Any], mem: dict[str, Any]) -> str:
+    lines = [f"{'scenario':<28}{'msgs/s (median)':>16}{'messages/run':>14}{'target':>10}  runs"]
+    for name, row in results.items():
+        target = TARGETS.get(name)
+        mark = (
+            ""
+            if target is None
+            else f"{target:>8.0f}{'ok' if row['msgs_per_s'] >= target else '!!':>2}"
+        )
+        runs = ", ".join(f"{r:.0f}" for r in row["runs"])
+        lines.append(
+            f"{name:<28}{row['msgs_per_s']:>16.0f}{row['messages_per_run']:>14}{mark:>10}  {runs}"
+        )
+    lines.append(
+        f"memory: {mem['messages']} x 1 KB queued -> RSS {mem['rss_loaded_mib']} MiB "
+        f"(idle {mem['rss_idle_mib']} MiB, {mem['bytes_per_message']} B/message)"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.emulator_bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller runs (about 30 s)")
+    parser.add_argument("--runs", type=int, default=None, help="runs per scenario (5; 3 quick)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    runs = args.runs or (3 if args.quick else 5)
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    results = throughput(sizes, runs, log)
+    mem = memory(sizes.memory, log)
+    elapsed = time.perf_counter() - started
+    print(render(results, mem))
+    document = {
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m bench.emulator_bench" + (" --quick" if args.quick else ""),
+        "mode": "quick" if args.quick else "full",
+        "runs_per_scenario": runs,
+        "elapsed_s": round(elapsed, 1),
+        "driver": "sync azure-servicebus SDK in the bench process, one client; "
+        "emulator in its own process (python -m sbsync.emulator)",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "throughput": results,
+        "memory": mem,
+        "targets_msgs_per_s": TARGETS,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(document, indent=2) + "\n")
+    log(f"wrote {args.output} in {elapsed:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Per-call cost of sbsync's thread hop: ``session.get_state()`` four ways, same emulator, same run.
+
+- ``sync-sdk``: ``azure.servicebus`` (the synchronous SDK), called directly;
+- ``aio-in-loop``: ``azure.servicebus.aio`` awaited inside its own loop (no hop at all);
+- ``sbsync``: this package, called from the main thread (one hop there and back per call);
+- ``naive-hop``: the aio SDK on a loop thread via ``asyncio.run_coroutine_threadsafe(...).result()``.
+
+The emulator runs in its own process so it does not compete for this process's GIL. Rounds
+alternate between the variants (each holding its own session) to spread drift over all of them. Prints a table and writes
+``bench/results/hop.json``.
+
+    python bench/hop_bench.py [--calls 4000] [--chunk 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import azure.servicebus as sync_sdk
+import azure.servicebus.aio as aio_sdk
+
+import sbsync
+
+QUEUE = "bench-sessions"
+RESULTS = Path(__file__).parent / "results" / "hop.json"
+
+
+def start_emulator() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sbsync.emulator", "--port", "0", "--session-queue", QUEUE],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    conn_str = proc.stdout.readline().strip()
+    if not conn_str.startswith("Endpoint="):
+        proc.kill()
+        raise RuntimeError(f"emulator did not start: {conn_str!r}")
+    return proc, conn_str
+
+
+def timed(call: Callable[[], object], n: int) -> list[float]:
+    samples = []
+    clock = time.perf_counter
+    for _ in range(n):
+        start = clock()
+        call()
+        samples.append(clock() - start)
+    return samples
+
+
+async def timed_async(call: Callable[[], object], n: int) -> list[float]:
+    samples = []
+    clock = time.perf_counter
+    for _ in range(n):
+        start = clock()
+        await call()  # type: ignore[misc]
+        samples.append(clock() - start)
+    return samples
+
+
+class AioInLoop:
+    """The aio SDK on a loop run by this (main) thread: awaited directly, no hop."""
+
+    def __init__(self, conn_str: str, session: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.client = aio_sdk.ServiceBusClient.from_connection_string(conn_str)
+        self.receiver = self.client.get_queue_receiver(QUEUE, session_id=session)
+        self.loop.run_until_complete(self.receiver.__aenter__())
+
+    def measure(self, n: int) -> list[float]:
+        return self.loop.run_until_complete(timed_async(self.receiver.session.get_state, n))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.receiver.close())
+        self.loop.run_until_complete(self.client.close())
+        self.loop.close()
+
+
+class NaiveHop:
+    """The aio SDK on a loop thread, reached with run_coroutine_threadsafe (the naive facade)."""
+
+    def __init__(self, conn_str: str, session: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="naive-hop", daemon=True)
+        self.thread.start()
+        self.client = self.run(self._make_client(conn_str))
+        self.receiver = self.client.get_queue_receiver(QUEUE, session_id=session)
+        self.run(self.receiver.__aenter__())
+
+    @staticmethod
+    async def _make_client(conn_str: str) -> aio_sdk.ServiceBusClient:
+        return aio_sdk.ServiceBusClient.from_connection_string(conn_str)
+
+    def run(self, coro):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def measure(self, n: int) -> list[float]:
+        session = self.receiver.session
+        return timed(lambda: self.run(session.get_state()), n)
+
+    def close(self) -> None:
+        self.run(self.receiver.close())
+        self.run(self.client.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+class SyncSdk:
+    def __init__(self, conn_str: str, session: str) -> None:
+        self.client = sync_sdk.ServiceBusClient.from_connection_string(conn_str)
+        self.receiver = self.client.get_queue_receiver(QUEUE, session_id=session)
+        self.receiver.__enter__()
+
+    def measure(self, n: int) -> list[float]:
+        return timed(self.receiver.session.get_state, n)
+
+    def close(self) -> None:
+        self.receiver.close()
+        self.client.close()
+
+
+class Sbsync:
+    def __init__(self, conn_str: str, session: str) -> None:
+        self.client = sbsync.ServiceBusClient.from_connection_string(conn_str)
+        self.receiver = self.client.get_queue_receiver(QUEUE, session_id=session)
+        self.receiver.__enter__()
+
+    def measure(self, n: int) -> list[float]:
+        return timed(self.receiver.session.get_state, n)
+
+    def close(self) -> None:
+        self.receiver.close()
+        self.client.close()
+
+
+def percentile(sorted_samples: list[float], q: float) -> float:
+    index = min(len(sorted_samples) - 1, round(q * (len(sorted_samples) - 1)))
+    return sorted_samples[index]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=4000, help="measured calls per variant")
+    parser.add_argument("--chunk", type=int, default=200, help="calls per variant before switching")
+    parser.add_argument("--warmup", type=int, default=300)
+    args = parser.parse_args()
+
+    proc, conn_str = start_emulator()
+    variants = {"sync-sdk": SyncSdk, "aio-in-loop": AioInLoop, "sbsync": Sbsync, "naive-hop": NaiveHop}
+    runners = {}
+    try:
+        with sync_sdk.ServiceBusClient.from_connection_string(conn_str) as seed:
+            with seed.get_queue_sender(QUEUE) as sender:
+                sender.send_messages([sync_sdk.ServiceBusMessage("x", session_id=f"bench-{n}") for n in variants])
+        # Each variant holds its own session, all open at once; measuring alternates between them
+        # in chunks, so drift in machine load is shared by all.
+        for name, make in variants.items():
+            runners[name] = make(conn_str, f"bench-{name}")
+            runners[name].measure(args.warmup)
+        samples: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(max(1, args.calls // args.chunk)):
+            for name, runner in runners.items():
+                samples[name].extend(runner.measure(args.chunk))
+    finally:
+        for runner in runners.values():
+            runner.close()
+        proc.terminate()
+        proc.wait(10)
+
+    rows = {}
+    for name, values in samples.items():
+        values.sort()
+        rows[name] = {
+            "p50_ms": percentile(values, 0.50) * 1e3,
+            "p99_ms": percentile(values, 0.99) * 1e3,
+            "mean_ms": statistics.fmean(values) * 1e3,
+            "calls": len(values),
+        }
+    base_sync, base_aio = rows["sync-sdk"], rows["aio-in-loop"]
+    for row in rows.values():
+        row["p50_vs_sync"] = row["p50_ms"] / base_sync["p50_ms"]
+        row["p50_vs_aio"] = row["p50_ms"] / base_aio["p50_ms"]
+        row["p50_added_us_vs_aio"] = (row["p50_ms"] - base_aio["p50_ms"]) * 1e3
+        row["p99_added_us_vs_aio"] = (row["p99_ms"] - base_aio["p99_ms"]) * 1e3
+
+    header = f"{'variant':<12} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'p50/sync':>9} {'p50/aio':>8} {'+p50 us vs aio':>15}"
+    print(f"session.get_state(), {args.calls} calls per variant in chunks of {args.chunk}, emulator on loopback")
+    print(header)
+    print("-" * len(header))
+    for name, r in rows.items():
+        print(
+            f"{name:<12} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['mean_ms']:>8.3f} "
+            f"{r['p50_vs_sync']:>9.2f} {r['p50_vs_aio']:>8.2f} {r['p50_added_us_vs_aio']:>15.1f}"
+        )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "operation": "ServiceBusSession.get_state",
+                "calls_per_variant": args.calls,
+                "chunk": args.chunk,
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+                "results": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

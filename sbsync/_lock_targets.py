@@ -1,0 +1,168 @@
+"""How the renewer sees one lock through the facade: a message's or a session's.
+
+The only place that knows both the renewer's needs (:class:`~sbsync._renewer.LockTarget`)
+and the facade/SDK objects. Reads are plain attribute loads of SDK state (safe from any
+thread under the GIL); the renewal itself is submitted to the receiver's portal through the
+facade's one call path, so it is retried under the client's policy -- cut short by a
+deadline that ends before the lock does.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Hashable
+from concurrent.futures import Future
+from typing import Any
+
+from azure.servicebus import ServiceBusReceivedMessage
+from azure.servicebus._common.constants import MGMT_RESPONSE_MESSAGE_EXPIRATION
+from azure.servicebus._common.utils import utc_from_timestamp
+
+from .receiver import ServiceBusReceiver
+from .session import ServiceBusSession
+
+__all__ = ["target_for"]
+
+QUIET = "quiet"
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def _receiver_state(receiver: ServiceBusReceiver) -> tuple[Any, str | None]:
+    """The receiver's SDK object, and ``"quiet"`` if its owner closed it."""
+    sdk = receiver._peek()
+    if receiver._is_closed() or sdk is None or sdk._shutdown.is_set():
+        return sdk, QUIET
+    return sdk, None
+
+
+async def _renew_message_locks(
+    receiver: Any, messages: list[ServiceBusReceivedMessage]
+) -> list[datetime.datetime | None]:
+    """Loop thread: renew many message locks with one management request.
+
+    What ``renew_message_lock`` does for one message, for all of them at once: the
+    ``renew-lock`` operation takes an array of lock tokens and answers with their expiries.
+    Messages settled meanwhile are left out (None).
+    """
+    receiver._check_live()
+    live = [m for m in messages if not m._settled and m.lock_token]
+    if live:
+        response = await receiver._renew_locks(*(m.lock_token for m in live))
+        for message, expiry_ms in zip(live, response[MGMT_RESPONSE_MESSAGE_EXPIRATION]):
+            message._expiry = utc_from_timestamp(expiry_ms / 1000.0)
+    return [m._expiry if m in live else None for m in messages]
+
+
+class MessageLock:
+    def __init__(self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage) -> None:
+        self._receiver = receiver
+        self._message = message
+
+    def locked_until(self) -> datetime.datetime | None:
+        return self._message.locked_until_utc
+
+    def started(self) -> datetime.datetime:
+        return getattr(self._message, "_received_timestamp_utc", None) or _utcnow()
+
+    def gone(self) -> str | None:
+        if self._message._settled:
+            return QUIET
+        sdk, state = _receiver_state(self._receiver)
+        if state is not None:
+            return state
+        if not sdk._running:
+            # The SDK closes its handler after a connection error; the locks went with the link.
+            return "The receiver's link was closed after a connection error; the message lock went with it."
+        return None
+
+    @property
+    def group(self) -> Hashable:
+        return self._receiver  # one renew-lock request carries many lock tokens
+
+    def renew_batch(self, targets: list[Any], deadline: float) -> Future[list[datetime.datetime | None]]:
+        messages = [target._message for target in targets]
+        return self._receiver._submit(
+            "renew_message_lock",
+            lambda r: _renew_message_locks(r, messages),
+            policy=self._receiver._retry_policy.replace(deadline=deadline),
+        )
+
+    def record(self, error: Exception) -> None:
+        self._message.auto_renew_error = error
+
+    def lost(self, error: Exception) -> None:
+        from ._renewer import mark_lost
+
+        mark_lost(self._message, error)
+
+
+class SessionLock:
+    def __init__(self, receiver: ServiceBusReceiver, session: ServiceBusSession) -> None:
+        self._receiver = receiver
+        self._session = session
+
+    def _sdk_session(self) -> Any:
+        sdk = self._receiver._peek()
+        return None if sdk is None else sdk._session
+
+    def locked_until(self) -> datetime.datetime | None:
+        session = self._sdk_session()
+        return None if session is None else session.locked_until_utc
+
+    def started(self) -> datetime.datetime:
+        session = self._sdk_session()
+        return (session and session._session_start) or _utcnow()
+
+    def gone(self) -> str | None:
+        sdk, state = _receiver_state(self._receiver)
+        if state is not None:
+            return state
+        if sdk._session._lock_lost:
+            return "The session receiver's connection was lost, and the session lock with it."
+        return None
+
+    @property
+    def group(self) -> Hashable:
+        return self
+
+    def renew_batch(self, targets: list[Any], deadline: float) -> Future[list[datetime.datetime | None]]:
+        async def renew(receiver: Any) -> list[datetime.datetime | None]:
+            return [await receiver.session.renew_lock()]
+
+        return self._receiver._submit(
+            "renew_session_lock",
+            renew,
+            policy=self._receiver._retry_policy.replace(deadline=deadline),
+        )
+
+    def record(self, error: Exception) -> None:
+        self._session.auto_renew_error = error  # type: ignore[assignment]
+        session = self._sdk_session()
+        if session is not None:
+            session.auto_renew_error = error
+
+    def lost(self, error: Exception) -> None:
+        # The SDK's own check: every later call on this receiver raises
+        # SessionLockLostError(error=auto_renew_error), as after a dropped connection.
+        session = self._sdk_session()
+        if session is not None:
+            session._lock_lost = True
+
+
+def target_for(receiver: Any, renewable: Any) -> MessageLock | SessionLock:
+    if not isinstance(receiver, ServiceBusReceiver):
+        raise TypeError(
+            "AutoLockRenewer.register needs the sbsync ServiceBusReceiver the message or session came from."
+        )
+    if isinstance(renewable, ServiceBusReceivedMessage):
+        return MessageLock(receiver, renewable)
+    if isinstance(renewable, ServiceBusSession):
+        return SessionLock(receiver, renewable)
+    raise TypeError(
+        "AutoLockRenewer only supports registration of types "
+        "azure.servicebus.ServiceBusReceivedMessage (via a receiver's receive methods) and "
+        "sbsync.ServiceBusSession (via a session receiver's property receiver.session)."
+    )

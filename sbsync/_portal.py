@@ -1,0 +1,431 @@
+"""The portal: one private asyncio loop on one daemon thread, and the only way into it.
+
+Every blocking sbsync call crosses here: :meth:`Portal.call` schedules a coroutine factory
+on the loop and blocks the calling thread until it finishes; :meth:`Portal.submit` does the
+same without blocking and returns a :class:`concurrent.futures.Future`.
+
+The hop is kept cheap on purpose (it is paid on every SDK call): the caller schedules one
+callback with ``call_soon_threadsafe``; that callback creates the task directly, and the task
+itself stores the outcome and releases a pre-acquired ``threading.Lock`` the caller is
+blocked on. No ``concurrent.futures`` machinery, no condition variables, no extra loop
+iteration for done-callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextvars
+import itertools
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Awaitable
+from typing import Any, Callable, TypeVar
+
+from azure.servicebus.exceptions import OperationTimeoutError
+
+from .exceptions import ClientClosedError, LoopThreadError
+
+__all__ = ["Portal", "PortalFuture"]
+
+_LOGGER = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How long a timed-out or interrupted call waits for its coroutine to unwind on the loop.
+CANCEL_GRACE = 2.0
+#: How long shutdown waits for the loop's remaining tasks and for the thread to end.
+SHUTDOWN_GRACE = 5.0
+#: atexit is for processes that never closed their client: be quick, not graceful.
+_ATEXIT_GRACE = 1.0
+
+_THREAD_NUMBERS = itertools.count(1)
+_PORTALS: weakref.WeakSet[Portal] = weakref.WeakSet()
+# In a forked child the parent's loop, thread and SDK objects are unusable; they are kept
+# referenced here (never closed) so no finalizer acts on sockets the parent still owns.
+_FORK_ORPHANS: list[object] = []
+
+
+class _Call:
+    """One coroutine run on the loop for one caller; finished exactly once, on the loop thread."""
+
+    __slots__ = (
+        "_ctx",
+        "_factory",
+        "_pending",
+        "cancel_requested",
+        "done",
+        "error",
+        "finished",
+        "future",
+        "result",
+        "task",
+    )
+
+    def __init__(
+        self,
+        factory: Callable[[], Awaitable[Any]],
+        pending: set[_Call],
+        future: PortalFuture[Any] | None = None,
+    ) -> None:
+        self._factory = factory
+        # Run in a copy of the caller's context, so contextvars set by the caller are seen.
+        self._ctx = contextvars.copy_context()
+        self._pending = pending
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.cancel_requested = False
+        self.finished = False
+        self.future = future
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Loop thread: create the task (unless cancelled or failed before it started)."""
+        if self.finished:
+            return
+        if self.cancel_requested:
+            self.finish(asyncio.CancelledError())
+            return
+        # create_task copies the current context: running it inside ctx hands the task a copy.
+        self.task = self._ctx.run(loop.create_task, self._run())
+
+    def cancel(self) -> None:
+        """Loop thread: cancel the task, or make sure it never starts."""
+        self.cancel_requested = True
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _run(self) -> None:
+        try:
+            self.result = await self._factory()
+        except BaseException as exc:  # handed to the caller's thread, whatever it is
+            self.finish(exc)
+        else:
+            self.finish(None)
+
+    def finish(self, error: BaseException | None) -> None:
+        """Loop thread: record the outcome and wake whoever waits for it."""
+        if self.finished:
+            return
+        self.finished = True
+        self.error = error
+        self._pending.discard(self)
+        future = self.future
+        if future is not None:
+            _settle_future(future, self.result, error)
+        self.done.release()
+
+
+def _settle_future(future: PortalFuture[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    try:
+        if error is None:
+            future.set_result(result)
+        elif isinstance(error, asyncio.CancelledError):
+            future.cancel()
+        else:
+            future.set_exception(error)
+    except concurrent.futures.InvalidStateError:
+        pass  # cancelled by its owner at the same moment
+
+
+class PortalFuture(concurrent.futures.Future[T]):
+    """A :class:`concurrent.futures.Future` whose ``cancel()`` also cancels the loop task."""
+
+    def __init__(self, portal: Portal) -> None:
+        super().__init__()
+        self._portal = portal
+        self._call: _Call | None = None
+
+    def cancel(self) -> bool:
+        cancelled = super().cancel()
+        if self._call is not None:
+            self._portal._cancel(self._call)
+        return cancelled
+
+
+class Portal:
+    """Owns one asyncio loop on one daemon thread (``sbsync-loop-N``), started lazily.
+
+    ``generation`` changes when the process forks: objects built on the loop (SDK clients,
+    links, locks) belong to one generation and must be rebuilt when it changes.
+    """
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_id: int | None = None
+        self._accepting = False
+        self._pending: set[_Call] = set()
+        self._lock = threading.Lock()
+        _PORTALS.add(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("running" if self._loop else "idle")
+        name = self._thread.name if self._thread else None
+        return f"<Portal {state} thread={name!r}>"
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`shutdown` has begun; no new calls are accepted."""
+        return self._closed
+
+    @property
+    def in_loop_thread(self) -> bool:
+        """True when the current thread is this portal's loop thread."""
+        return self._thread_id is not None and threading.get_ident() == self._thread_id
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop, started if needed (for code that must schedule on it directly)."""
+        return self._ensure_loop()
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def call(self, factory: Callable[[], Awaitable[T]], *, timeout: float | None = None) -> T:
+        """Run ``factory()`` on the loop and block until it finishes; return or raise its outcome.
+
+        On ``timeout`` (seconds) the coroutine is cancelled on the loop and
+        ``OperationTimeoutError`` is raised. A ``KeyboardInterrupt`` while waiting cancels the
+        coroutine too, then propagates. Exceptions keep their type and their loop-side
+        traceback, continued by the caller's frames.
+        """
+        if self._closed:
+            raise ClientClosedError("The client is closed.")
+        return self._call(factory, timeout)
+
+    def submit(self, factory: Callable[[], Awaitable[T]]) -> PortalFuture[T]:
+        """Schedule ``factory()`` on the loop without waiting; ``future.cancel()`` cancels it."""
+        if self._closed:
+            raise ClientClosedError("The client is closed.")
+        loop = self._ensure_loop()
+        future: PortalFuture[T] = PortalFuture(self)
+        call = _Call(factory, self._pending, future)
+        future._call = call
+        self._schedule(loop, call)
+        return future
+
+    def _call(self, factory: Callable[[], Awaitable[T]], timeout: float | None) -> T:
+        if self._thread_id is not None and threading.get_ident() == self._thread_id:
+            raise LoopThreadError(
+                "A blocking sbsync call was made from sbsync's own event-loop thread; it would "
+                "wait for itself forever. Make blocking calls from your own threads."
+            )
+        loop = self._ensure_loop()
+        call = _Call(factory, self._pending)
+        self._schedule(loop, call)
+        timed_out = self._wait(loop, call, timeout)
+        error = call.error
+        if error is None:
+            return call.result
+        if isinstance(error, asyncio.CancelledError):
+            if timed_out:
+                error = OperationTimeoutError(message=f"The operation did not complete within {timeout} s.")
+            elif self._closed or not self._accepting:
+                error = ClientClosedError("The client was closed while the call was in progress.")
+        try:
+            raise error
+        finally:
+            error = None
+            call.error = None
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop, call: _Call) -> None:
+        # Register before checking `_accepting`: the loop thread clears it before sweeping
+        # `_pending`, so either the sweep finishes this call or we see the flag.
+        self._pending.add(call)
+        try:
+            if not self._accepting:
+                raise ClientClosedError("The client is closed.")
+            loop.call_soon_threadsafe(call.start, loop)
+        except RuntimeError as exc:  # the loop closed under us
+            self._pending.discard(call)
+            raise ClientClosedError("The client is closed.") from exc
+        except BaseException:
+            self._pending.discard(call)
+            raise
+
+    def _wait(self, loop: asyncio.AbstractEventLoop, call: _Call, timeout: float | None) -> bool:
+        """Block until ``call`` finishes; return True if it was cancelled for the timeout."""
+        try:
+            if timeout is None:
+                call.done.acquire()  # interruptible by signals (KeyboardInterrupt) on POSIX
+                return False
+            if call.done.acquire(True, timeout):
+                return False
+        except BaseException:  # KeyboardInterrupt (or SystemExit) while waiting
+            self._cancel(call)
+            call.done.acquire(True, CANCEL_GRACE)
+            raise
+        self._cancel(call)
+        if not call.done.acquire(True, CANCEL_GRACE):
+            # The coroutine ignores cancellation; give up on it rather than hang the caller.
+            raise OperationTimeoutError(
+                message=f"The operation did not complete within {timeout} s (and did not stop when cancelled)."
+            )
+        return True
+
+    def _cancel(self, call: _Call) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(call.cancel)
+        except RuntimeError:
+            pass  # loop already closed: the call was finished by the shutdown sweep
+
+    # -- the loop thread --------------------------------------------------------------------
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is not None:
+            return loop
+        with self._lock:
+            if self._closed:
+                raise ClientClosedError("The client is closed.")
+            if self._loop is None:
+                self._start_thread()
+            assert self._loop is not None
+            return self._loop
+
+    def _start_thread(self) -> None:
+        ready = threading.Event()
+        name = f"sbsync-loop-{next(_THREAD_NUMBERS)}"
+        thread = threading.Thread(target=self._serve, args=(ready, name), name=name, daemon=True)
+        thread.start()
+        ready.wait()
+        if self._loop is None:
+            raise LoopThreadError("sbsync's event-loop thread failed to start.")
+        self._thread = thread
+
+    def _serve(self, ready: threading.Event, name: str) -> None:
+        try:
+            loop = asyncio.new_event_loop()
+            # Named threads for run_in_executor (sync credentials), so they are recognisable.
+            executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"{name}-executor")
+            loop.set_default_executor(executor)
+            asyncio.set_event_loop(loop)
+        except BaseException:
+            ready.set()
+            raise
+        self._thread_id = threading.get_ident()
+        self._accepting = True
+        self._loop = loop
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            self._accepting = False
+            for call in list(self._pending):
+                call.finish(ClientClosedError("The client was closed while the call was in progress."))
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                executor.shutdown(wait=False, cancel_futures=True)
+                asyncio.set_event_loop(None)
+                loop.close()
+                _LOGGER.debug("%s stopped", name)
+
+    async def _drain_and_stop(self, grace: float) -> None:
+        """Loop thread: cancel every other task, give them ``grace`` seconds, stop the loop."""
+        loop = asyncio.get_running_loop()
+        current = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks(loop) if t is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        loop.stop()
+
+    def shutdown(
+        self,
+        finalizer: Callable[[], Awaitable[Any]] | None = None,
+        *,
+        timeout: float = SHUTDOWN_GRACE,
+    ) -> None:
+        """Refuse new calls, run ``finalizer()`` on the loop, stop the loop and join its thread.
+
+        Idempotent. Errors from the finalizer are logged, not raised: closing must finish.
+        """
+        if self.in_loop_thread:
+            raise LoopThreadError("close() cannot be called from sbsync's own event-loop thread.")
+        with self._lock:
+            first = not self._closed
+            self._closed = True
+            loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if first:
+            if finalizer is not None:
+                try:
+                    self._call(finalizer, timeout)
+                except Exception:
+                    _LOGGER.warning("Error while closing; continuing shutdown", exc_info=True)
+            try:
+                loop.call_soon_threadsafe(lambda: loop.create_task(self._drain_and_stop(timeout / 2)))
+            except RuntimeError:
+                pass  # already stopped
+        thread.join(timeout)
+        if thread.is_alive():
+            _LOGGER.warning("%s did not stop within %s s", thread.name, timeout)
+
+    def abandon(self) -> None:
+        """Stop the loop without waiting: for a client garbage-collected unclosed.
+
+        Non-blocking, so it is safe wherever the garbage collector runs it, the loop thread
+        included. SDK objects are not closed gracefully; their sockets close with the loop.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(lambda: loop.create_task(self._drain_and_stop(_ATEXIT_GRACE)))
+        except RuntimeError:
+            pass  # already stopped
+
+    def _forget_parent(self) -> None:
+        """In a forked child: drop the parent's loop and thread without touching them."""
+        if self._loop is not None:
+            _FORK_ORPHANS.append((self._loop, self._thread))
+        self._loop = None
+        self._thread = None
+        self._thread_id = None
+        self._accepting = False
+        self._pending = set()
+        self._lock = threading.Lock()
+        self.generation += 1
+
+    def orphan(self, obj: object) -> None:
+        """Keep a previous generation's object alive, unclosed (see ``_FORK_ORPHANS``)."""
+        _FORK_ORPHANS.append(obj)
+
+
+def _after_fork_in_child() -> None:
+    for portal in list(_PORTALS):
+        portal._forget_parent()
+
+
+def _shutdown_all_at_exit() -> None:
+    for portal in list(_PORTALS):
+        try:
+            portal.shutdown(timeout=_ATEXIT_GRACE)
+        except Exception:
+            _LOGGER.debug("Error stopping %r at exit", portal, exc_info=True)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_shutdown_all_at_exit)

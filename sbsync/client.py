@@ -1,0 +1,319 @@
+"""``ServiceBusClient``: the blocking, thread-safe twin of ``azure.servicebus.ServiceBusClient``."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from azure.core.paging import ItemPaged
+from azure.servicebus import (
+    ServiceBusReceiveMode,
+    ServiceBusSessionFilter,
+    ServiceBusSubQueue,
+    parse_connection_string,
+)
+from azure.servicebus.aio import ServiceBusClient as AsyncServiceBusClient
+
+from ._credentials import to_async_credential
+from ._handle import CLOSE_TIMEOUT, Handle, check_timeout
+from ._portal import Portal
+from .receiver import ServiceBusReceiver
+from .sender import ServiceBusSender
+
+if TYPE_CHECKING:
+    from azure.core.async_paging import AsyncItemPaged
+    from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential, TokenCredential
+
+__all__ = ["ServiceBusClient"]
+
+
+class ServiceBusClient(Handle[AsyncServiceBusClient]):
+    """A Service Bus client whose methods block; safe to share between threads.
+
+    Same constructor and methods as ``azure.servicebus.ServiceBusClient``. It owns one event
+    loop on one daemon thread (``sbsync-loop-N``) that runs ``azure.servicebus.aio`` for
+    every sender and receiver it creates. ``close()`` (or ``with``) releases it all; after
+    that, every use raises ``ClientClosedError``. A process that never closes still exits.
+    """
+
+    _kind = "client"
+    _guard_open = False
+
+    def __init__(
+        self,
+        fully_qualified_namespace: str,
+        credential: TokenCredential | AzureSasCredential | AzureNamedKeyCredential,
+        *,
+        retry_total: int = 3,
+        retry_backoff_factor: float = 0.8,
+        retry_backoff_max: float = 120,
+        retry_mode: str = "exponential",
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(fully_qualified_namespace, str) or not fully_qualified_namespace:
+            raise TypeError("fully_qualified_namespace must be a non-empty string.")
+        async_credential = to_async_credential(credential)
+        options = dict(
+            retry_total=retry_total,
+            retry_backoff_factor=retry_backoff_factor,
+            retry_backoff_max=retry_backoff_max,
+            retry_mode=retry_mode,
+            **kwargs,
+        )
+        self._setup(
+            fully_qualified_namespace,
+            lambda: AsyncServiceBusClient(fully_qualified_namespace, async_credential, **options),
+        )
+
+    def _setup(self, namespace: str, build: Any, entity: str | None = None) -> None:
+        super().__init__(Portal(), build)
+        self._namespace = namespace
+        self._entity = entity
+        self._handles: weakref.WeakSet[Handle[Any]] = weakref.WeakSet()
+        # A client dropped without close() (and with no sender/receiver left) stops its loop.
+        weakref.finalize(self, self._portal.abandon)
+        self._build_now()
+
+    @classmethod
+    def from_connection_string(
+        cls,
+        conn_str: str,
+        *,
+        retry_total: int = 3,
+        retry_backoff_factor: float = 0.8,
+        retry_backoff_max: float = 120,
+        retry_mode: str = "exponential",
+        **kwargs: Any,
+    ) -> ServiceBusClient:
+        """Create a client from a connection string (``Endpoint=sb://...;SharedAccessKeyName=...``)."""
+        props = parse_connection_string(conn_str)  # ValueError for a malformed string, as the SDK
+        options = dict(
+            retry_total=retry_total,
+            retry_backoff_factor=retry_backoff_factor,
+            retry_backoff_max=retry_backoff_max,
+            retry_mode=retry_mode,
+            **kwargs,
+        )
+        client = cls.__new__(cls)
+        client._setup(
+            props.fully_qualified_namespace,
+            lambda: AsyncServiceBusClient.from_connection_string(conn_str, **options),
+            props.entity_path,
+        )
+        return client
+
+    def __repr__(self) -> str:
+        closed = " closed" if self._is_closed() else ""
+        return f"<sbsync.ServiceBusClient namespace={self._namespace!r}{closed}>"
+
+    @property
+    def fully_qualified_namespace(self) -> str:
+        """The namespace host name, e.g. ``<yournamespace>.servicebus.windows.net``."""
+        return self._namespace
+
+    def __enter__(self) -> ServiceBusClient:
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every sender and receiver, then stop the loop thread. Idempotent."""
+        self._closed = True
+        self._portal.shutdown(self._aclose_all, timeout=CLOSE_TIMEOUT)
+
+    async def _aclose_all(self) -> None:
+        # Links close concurrently: the SDK's own client.close() would close them one by one.
+        handles = [h for h in list(self._handles) if not h._closed]
+        for handle in handles:
+            handle._closed = True
+        await asyncio.gather(*(h._aclose() for h in handles), return_exceptions=True)
+        await self._aclose()
+
+    # -- factories --------------------------------------------------------------------------
+
+    def _adopt(self, handle: Handle[Any]) -> None:
+        self._handles.add(handle)
+        handle._build_now()
+
+    def get_queue_sender(
+        self,
+        queue_name: str,
+        *,
+        client_identifier: str | None = None,
+        socket_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> ServiceBusSender:
+        """A sender for a queue. The link opens on first use (or ``with``)."""
+        sender = ServiceBusSender(
+            self,
+            lambda: self._sdk().get_queue_sender(
+                queue_name, client_identifier=client_identifier, socket_timeout=socket_timeout, **kwargs
+            ),
+            entity=queue_name,
+        )
+        self._adopt(sender)
+        return sender
+
+    def get_topic_sender(
+        self,
+        topic_name: str,
+        *,
+        client_identifier: str | None = None,
+        socket_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> ServiceBusSender:
+        """A sender for a topic. The link opens on first use (or ``with``)."""
+        sender = ServiceBusSender(
+            self,
+            lambda: self._sdk().get_topic_sender(
+                topic_name, client_identifier=client_identifier, socket_timeout=socket_timeout, **kwargs
+            ),
+            entity=topic_name,
+        )
+        self._adopt(sender)
+        return sender
+
+    def get_queue_receiver(
+        self,
+        queue_name: str,
+        *,
+        client_identifier: str | None = None,
+        socket_timeout: float | None = None,
+        session_id: str | Literal[ServiceBusSessionFilter.NEXT_AVAILABLE] | None = None,
+        sub_queue: ServiceBusSubQueue | str | None = None,
+        receive_mode: ServiceBusReceiveMode | str = ServiceBusReceiveMode.PEEK_LOCK,
+        max_wait_time: float | None = None,
+        auto_lock_renewer: Any | None = None,
+        prefetch_count: int = 0,
+        **kwargs: Any,
+    ) -> ServiceBusReceiver:
+        """A receiver for a queue (a session of it with ``session_id``; a sub-queue with ``sub_queue``).
+
+        ``auto_lock_renewer`` gets ``register(receiver, message_or_session)`` calls for what
+        this receiver locks, as the SDK does.
+        """
+        receiver = ServiceBusReceiver(
+            self,
+            lambda: self._sdk().get_queue_receiver(
+                queue_name,
+                client_identifier=client_identifier,
+                socket_timeout=socket_timeout,
+                session_id=session_id,
+                sub_queue=sub_queue,
+                receive_mode=receive_mode,
+                max_wait_time=max_wait_time,
+                prefetch_count=prefetch_count,
+                **kwargs,
+            ),
+            entity=queue_name,
+            session=session_id is not None,
+            auto_lock_renewer=auto_lock_renewer,
+            max_wait_time=max_wait_time,
+            receive_mode=receive_mode,
+        )
+        self._adopt(receiver)
+        return receiver
+
+    def get_subscription_receiver(
+        self,
+        topic_name: str,
+        subscription_name: str,
+        *,
+        client_identifier: str | None = None,
+        socket_timeout: float | None = None,
+        session_id: str | Literal[ServiceBusSessionFilter.NEXT_AVAILABLE] | None = None,
+        sub_queue: ServiceBusSubQueue | str | None = None,
+        receive_mode: ServiceBusReceiveMode | str = ServiceBusReceiveMode.PEEK_LOCK,
+        max_wait_time: float | None = None,
+        auto_lock_renewer: Any | None = None,
+        prefetch_count: int = 0,
+        **kwargs: Any,
+    ) -> ServiceBusReceiver:
+        """A receiver for a topic subscription (see :meth:`get_queue_receiver`)."""
+        receiver = ServiceBusReceiver(
+            self,
+            lambda: self._sdk().get_subscription_receiver(
+                topic_name,
+                subscription_name,
+                client_identifier=client_identifier,
+                socket_timeout=socket_timeout,
+                session_id=session_id,
+                sub_queue=sub_queue,
+                receive_mode=receive_mode,
+                max_wait_time=max_wait_time,
+                prefetch_count=prefetch_count,
+                **kwargs,
+            ),
+            entity=f"{topic_name}/Subscriptions/{subscription_name}",
+            session=session_id is not None,
+            auto_lock_renewer=auto_lock_renewer,
+            max_wait_time=max_wait_time,
+            receive_mode=receive_mode,
+        )
+        self._adopt(receiver)
+        return receiver
+
+    # -- session listing ----------------------------------------------------------------------
+
+    def list_queue_sessions(
+        self,
+        queue_name: str,
+        *,
+        state_updated_after: datetime | None = None,
+        timeout: float | None = None,
+    ) -> ItemPaged[str]:
+        """Session ids of a session-enabled queue, paged (``timeout`` spans all pages)."""
+        check_timeout(timeout)
+        return self._paged(
+            "list_queue_sessions",
+            lambda c: c.list_queue_sessions(queue_name, state_updated_after=state_updated_after, timeout=timeout),
+            timeout,
+        )
+
+    def list_subscription_sessions(
+        self,
+        topic_name: str,
+        subscription_name: str,
+        *,
+        state_updated_after: datetime | None = None,
+        timeout: float | None = None,
+    ) -> ItemPaged[str]:
+        """Session ids of a session-enabled subscription, paged (``timeout`` spans all pages)."""
+        check_timeout(timeout)
+        return self._paged(
+            "list_subscription_sessions",
+            lambda c: c.list_subscription_sessions(
+                topic_name, subscription_name, state_updated_after=state_updated_after, timeout=timeout
+            ),
+            timeout,
+        )
+
+    def _paged(self, operation: str, start: Any, timeout: float | None) -> ItemPaged[str]:
+        """A sync ``ItemPaged`` that fetches each page of the SDK's ``AsyncItemPaged`` on the loop."""
+
+        async def open_pages(client: AsyncServiceBusClient) -> Any:
+            paged: AsyncItemPaged[str] = start(client)  # argument errors surface here, as in the SDK
+            return paged.by_page()
+
+        pages = self._run(operation, open_pages)
+
+        async def next_page(_: AsyncServiceBusClient) -> list[str] | None:
+            try:
+                page = await pages.__anext__()
+            except StopAsyncIteration:
+                return None
+            return [item async for item in page]
+
+        def get_next(_token: str | None) -> list[str] | None:
+            return self._run(operation, next_page, timeout=timeout)
+
+        def extract_data(page: list[str] | None) -> tuple[str | None, Iterator[str]]:
+            if page is None:
+                return None, iter(())
+            return "next", iter(page)
+
+        return ItemPaged(get_next, extract_data)

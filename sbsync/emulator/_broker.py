@@ -1,0 +1,631 @@
+"""The broker model: entities, messages, locks, sessions, dead-letter, scheduled, deferred, TTL.
+
+Pure data structures driven by the AMQP adapter from the reactor thread; no I/O and no
+proton here. Times are wall-clock milliseconds (they travel to clients as lock expiries).
+``holder`` values are opaque tokens of the adapter (its receiving links).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import struct
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from . import _codec as codec
+from ._config import EntityConfig
+
+_LOG = logging.getLogger(__name__)
+
+ACTIVE, DEFERRED, SCHEDULED = 0, 1, 2  # x-opt-message-state values
+
+DLQ_SUFFIX = "/$deadletterqueue"
+TRANSFER_DLQ_SUFFIX = "/$transfer/$deadletterqueue"
+
+# error conditions (as the SDK maps them)
+NOT_FOUND = "amqp:not-found"
+NOT_ALLOWED = "amqp:not-allowed"
+LOCK_LOST = "com.microsoft:message-lock-lost"
+SESSION_LOCK_LOST = "com.microsoft:session-lock-lost"
+SESSION_CANNOT_BE_LOCKED = "com.microsoft:session-cannot-be-locked"
+MESSAGE_NOT_FOUND = "com.microsoft:message-not-found"
+ARGUMENT_ERROR = "com.microsoft:argument-error"
+TIMEOUT = "com.microsoft:timeout"
+SERVER_BUSY = "com.microsoft:server-busy"
+SIZE_EXCEEDED = "amqp:link:message-size-exceeded"
+
+
+class BrokerError(Exception):
+    """A failure the client should see as an AMQP error condition."""
+
+    def __init__(self, condition: str, description: str, status: int = 400) -> None:
+        super().__init__(description)
+        self.condition = condition
+        self.description = description
+        self.status = status
+
+
+@dataclass
+class EntityStats:
+    active: int = 0
+    locked: int = 0
+    scheduled: int = 0
+    deferred: int = 0
+    dead_letter: int = 0
+
+
+_K_ENQUEUED = codec.enc_symbol("x-opt-enqueued-time") + b"\x83"
+_K_SEQ = codec.enc_symbol("x-opt-sequence-number") + b"\x81"
+_K_ENQ_SEQ = codec.enc_symbol("x-opt-enqueue-sequence-number") + b"\x81"
+_K_LOCKED = codec.enc_symbol("x-opt-locked-until") + b"\x83"
+_K_STATE = codec.enc_symbol("x-opt-message-state")
+_OURS = frozenset(("x-opt-enqueued-time", "x-opt-sequence-number",
+                   "x-opt-enqueue-sequence-number", "x-opt-locked-until", "x-opt-message-state"))
+_pack_q = struct.Struct(">q").pack
+
+
+class StoredMessage:
+    """One message held by an entity: the bare message as sent plus broker state."""
+
+    __slots__ = ("annotations", "app_end", "app_start", "bare", "delivery_count", "durable",
+                 "enqueued_ms", "expires_ms", "holder", "lock_token", "locked_until_ms",
+                 "priority", "seq", "session_id", "state", "ttl_ms")
+
+    def __init__(self, parsed: codec.ParsedMessage, seq: int, now_ms: int) -> None:
+        self.seq = seq
+        self.durable = parsed.durable
+        self.priority = parsed.priority
+        self.ttl_ms = parsed.ttl_ms
+        self.annotations = parsed.annotations
+        self.bare = parsed.bare
+        self.app_start = parsed.app_start
+        self.app_end = parsed.app_end
+        self.session_id = parsed.group_id
+        self.enqueued_ms = now_ms
+        self.expires_ms: int | None = None
+        self.state = ACTIVE
+        self.delivery_count = 0
+        self.lock_token: uuid.UUID | None = None
+        self.locked_until_ms = 0
+        self.holder: Any = None
+
+    def annotation(self, key: str) -> Any:
+        for k, raw in self.annotations:
+            if k == key:
+                _, vpos = codec.decode(raw, 0)
+                return codec.decode(raw, vpos)[0]
+        return None
+
+    def set_app_props(self, extra: dict[str, Any]) -> None:
+        """Add or replace application properties (dead-letter reason and description)."""
+        old = self.bare[self.app_start:self.app_end]
+        kept = codec.map_entries(old, 3) if old else []
+        new = codec.encode_app_props(extra, kept)
+        if not old:  # no section yet: it goes after the properties section, if any
+            self.app_start = self.app_end = codec.properties_end(self.bare)
+        self.bare = self.bare[:self.app_start] + new + self.bare[self.app_end:]
+        self.app_end = self.app_start + len(new)
+
+    def encode(self, locked_until_ms: int | None = None) -> bytes:
+        """The message as delivered now: fresh header and broker annotations, bare message as
+        the sender wrote it."""
+        seq = _pack_q(self.seq)
+        ours = [_K_ENQUEUED, _pack_q(self.enqueued_ms), _K_SEQ, seq, _K_ENQ_SEQ, seq]
+        count = 3
+        if locked_until_ms is not None:
+            ours += (_K_LOCKED, _pack_q(locked_until_ms))
+            count += 1
+        if self.state != ACTIVE:
+            ours += (_K_STATE, codec.enc_value(self.state))
+            count += 1
+        dc = self.delivery_count
+        return b"".join((
+            codec.enc_header(self.durable, self.priority, self.ttl_ms, dc == 0, dc),
+            codec.encode_annotations(ours, count, self.annotations, _OURS),
+            self.bare))
+
+
+class Session:
+    """A message session of a session-enabled entity."""
+
+    __slots__ = ("holder", "id", "locked_until_ms", "ready", "state", "updated_ms")
+
+    def __init__(self, session_id: str) -> None:
+        self.id = session_id
+        self.ready: list[int] = []  # heap of sequence numbers
+        self.state: bytes | None = None
+        self.holder: Any = None
+        self.locked_until_ms = 0
+        self.updated_ms = 0
+
+
+class Entity:
+    """A queue, topic, subscription or dead-letter sub-queue."""
+
+    def __init__(self, broker: Broker, path: str, kind: str, cfg: EntityConfig,
+                 lock_ms: int, max_delivery: int, ttl_ms: int | None, auto: bool) -> None:
+        self.broker = broker
+        self.path = path
+        self.kind = kind  # queue | topic | subscription | dlq
+        self.requires_session = cfg.requires_session and kind != "dlq"
+        self.session_capable = self.requires_session or (auto and kind != "dlq")
+        self.lock_ms = lock_ms
+        self.max_delivery = max_delivery
+        self.ttl_ms = ttl_ms
+        self.dlq_on_expiry = cfg.dead_lettering_on_message_expiration
+        self.messages: dict[int, StoredMessage] = {}
+        self.ready: list[int] = []
+        self.sessions: dict[str, Session] = {}
+        self.locks: dict[uuid.UUID, StoredMessage] = {}
+        self.subscriptions: list[Entity] = []
+        self._lock_heap: list[tuple[int, int, uuid.UUID]] = []
+        self._sched_heap: list[tuple[int, int]] = []
+        self._expiry_heap: list[tuple[int, int]] = []
+        self._session_heap: list[tuple[int, str]] = []  # (lock expiry, session id)
+        self._next_seq = 1
+        self.dlq: Entity | None = None
+        self.parent: Entity | None = None
+
+    def __repr__(self) -> str:
+        return f"Entity({self.path!r}, {self.kind})"
+
+    # ------------------------------------------------------------ enqueue
+
+    def _seq(self) -> int:
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def validate(self, parsed: codec.ParsedMessage) -> None:
+        """Raise if the message cannot be sent here (checked for a whole batch first)."""
+        if self.kind == "dlq":
+            raise BrokerError(NOT_ALLOWED, "cannot send to a dead-letter queue")
+        if self.requires_session and parsed.group_id is None:
+            raise BrokerError(NOT_ALLOWED, f"{self.path} requires a session id on every message")
+
+    def accept(self, parsed: codec.ParsedMessage, now_ms: int,
+               seq: int | None = None) -> list[Entity]:
+        """Store a sent message (fan-out for topics); return the entities given new messages.
+
+        A topic assigns the sequence number; each subscription keeps it, so one number
+        names the same message everywhere (and cancelling a scheduled one works)."""
+        if self.kind == "topic":
+            seq = self._seq()
+            touched = []
+            for sub in self._accepting(parsed):
+                touched.extend(sub.accept(parsed, now_ms, seq))
+            return touched
+        self.validate(parsed)
+        msg = StoredMessage(parsed, seq or self._seq(), now_ms)
+        sched = msg.annotation("x-opt-scheduled-enqueue-time")
+        if isinstance(sched, int) and sched > now_ms:
+            self.schedule(msg, sched)
+            return []
+        self._activate(msg, now_ms)
+        return [self]
+
+    def _accepting(self, parsed: codec.ParsedMessage) -> list[Entity]:
+        # a message without a session id cannot go to a session-enabled subscription
+        return [sub for sub in self.subscriptions
+                if not (sub.requires_session and parsed.group_id is None)]
+
+    def schedule(self, msg: StoredMessage, at_ms: int) -> int:
+        msg.state = SCHEDULED
+        self.messages[msg.seq] = msg
+        heapq.heappush(self._sched_heap, (at_ms, msg.seq))
+        return msg.seq
+
+    def schedule_parsed(self, parsed: codec.ParsedMessage, at_ms: int, now_ms: int,
+                        seq: int | None = None) -> int:
+        if self.kind == "topic":
+            seq = self._seq()
+            for sub in self._accepting(parsed):
+                sub.schedule_parsed(parsed, at_ms, now_ms, seq)
+            return seq
+        self.validate(parsed)
+        msg = StoredMessage(parsed, seq or self._seq(), now_ms)
+        if at_ms <= now_ms:
+            self._activate(msg, now_ms)
+            return msg.seq
+        return self.schedule(msg, at_ms)
+
+    def cancel_scheduled(self, seqs: Iterable[int]) -> None:
+        targets = self.subscriptions if self.kind == "topic" else [self]
+        for ent in targets:
+            for seq in seqs:
+                msg = ent.messages.get(seq)
+                if msg is not None and msg.state == SCHEDULED:
+                    del ent.messages[seq]
+
+    def _activate(self, msg: StoredMessage, now_ms: int) -> None:
+        msg.state = ACTIVE
+        msg.enqueued_ms = now_ms
+        ttl = msg.ttl_ms
+        if self.ttl_ms is not None and (ttl is None or ttl > self.ttl_ms):
+            ttl = msg.ttl_ms = self.ttl_ms
+        if ttl and self.kind != "dlq":
+            msg.expires_ms = now_ms + ttl
+            heapq.heappush(self._expiry_heap, (msg.expires_ms, msg.seq))
+        self.messages[msg.seq] = msg
+        self._make_ready(msg)
+
+    def _make_ready(self, msg: StoredMessage) -> None:
+        if self.session_capable and msg.session_id is not None:
+            sess = self.sessions.get(msg.session_id)
+            if sess is None:
+                sess = self.sessions[msg.session_id] = Session(msg.session_id)
+            heapq.heappush(sess.ready, msg.seq)
+        else:
+            heapq.heappush(self.ready, msg.seq)
+
+    # ------------------------------------------------------------ receive
+
+    def take(self, holder: Any, session: Session | None, peek_lock: bool,
+             now_ms: int) -> StoredMessage | None:
+        """The next available message for ``holder``: locked (peek-lock) or removed."""
+        heap = session.ready if session is not None else self.ready
+        messages = self.messages
+        while heap:
+            seq = heapq.heappop(heap)
+            msg = messages.get(seq)
+            if msg is None or msg.state != ACTIVE or msg.lock_token is not None:
+                continue
+            if msg.expires_ms is not None and msg.expires_ms <= now_ms:
+                self._expire(msg)
+                continue
+            if peek_lock:
+                until = session.locked_until_ms if session is not None else now_ms + self.lock_ms
+                self._lock(msg, holder, until, session is None)
+            else:
+                del messages[seq]
+            return msg
+        return None
+
+    def _lock(self, msg: StoredMessage, holder: Any, until_ms: int, expires: bool) -> None:
+        token = uuid.uuid4()
+        msg.lock_token = token
+        msg.locked_until_ms = until_ms
+        msg.holder = holder
+        self.locks[token] = msg
+        if expires:  # session messages live and die with their session's lock
+            heapq.heappush(self._lock_heap, (until_ms, msg.seq, token))
+
+    def has_ready(self, session: Session | None) -> bool:
+        return bool(session.ready if session is not None else self.ready)
+
+    # ------------------------------------------------------------ settlement
+
+    def locked(self, token: uuid.UUID, session_id: str | None = None) -> StoredMessage:
+        msg = self.locks.get(token)
+        if msg is None:
+            raise BrokerError(LOCK_LOST, "The lock supplied is invalid. Either the lock "
+                              "expired, or the message has already been removed.", 410)
+        if session_id is not None and msg.session_id != session_id:
+            raise BrokerError(LOCK_LOST, "The lock token belongs to another session.", 410)
+        return msg
+
+    def complete(self, token: uuid.UUID) -> None:
+        msg = self.locked(token)
+        self._unlock(msg)
+        self.messages.pop(msg.seq, None)
+
+    def abandon(self, token: uuid.UUID, count: bool = True) -> bool:
+        """Return a locked message; ``count`` False for a release (not a delivery attempt).
+        True when it became available again."""
+        msg = self.locked(token)
+        self._unlock(msg)
+        return self._return(msg, count)
+
+    def _return(self, msg: StoredMessage, count: bool) -> bool:
+        if count:
+            msg.delivery_count += 1
+            if msg.delivery_count >= self.max_delivery and self.kind != "dlq":
+                self.dead_letter_msg(msg, "MaxDeliveryCountExceeded",
+                                     f"Message could not be consumed after {self.max_delivery} "
+                                     "delivery attempts.")
+                return False
+        if msg.state == ACTIVE:
+            self._make_ready(msg)
+            return True
+        return False
+
+    def defer(self, token: uuid.UUID) -> None:
+        msg = self.locked(token)
+        self._unlock(msg)
+        msg.state = DEFERRED
+
+    def dead_letter(self, token: uuid.UUID, reason: str | None,
+                    description: str | None) -> None:
+        msg = self.locked(token)
+        if self.dlq is None:
+            raise BrokerError(NOT_ALLOWED, "Messages in a dead-letter queue cannot be "
+                              "dead-lettered again.")
+        self._unlock(msg)
+        self.dead_letter_msg(msg, reason, description)
+
+    def dead_letter_msg(self, msg: StoredMessage, reason: str | None,
+                        description: str | None) -> None:
+        self.messages.pop(msg.seq, None)
+        dlq = self.dlq
+        if dlq is None:  # already in a dead-letter queue: nowhere further to go
+            return
+        extra: dict[str, Any] = {}
+        if reason is not None:
+            extra["DeadLetterReason"] = reason
+        if description is not None:
+            extra["DeadLetterErrorDescription"] = description
+        if extra:
+            msg.set_app_props(extra)
+        msg.state = ACTIVE
+        msg.expires_ms = None
+        msg.ttl_ms = None
+        dlq.messages[msg.seq] = msg
+        heapq.heappush(dlq.ready, msg.seq)
+
+    def _unlock(self, msg: StoredMessage) -> None:
+        if msg.lock_token is not None:
+            self.locks.pop(msg.lock_token, None)
+        msg.lock_token = None
+        msg.holder = None
+
+    def renew(self, token: uuid.UUID, now_ms: int) -> int:
+        msg = self.locked(token)
+        if msg.session_id is not None and self.session_capable and msg.session_id in self.sessions:
+            return self.sessions[msg.session_id].locked_until_ms
+        msg.locked_until_ms = now_ms + self.lock_ms
+        heapq.heappush(self._lock_heap, (msg.locked_until_ms, msg.seq, token))
+        return msg.locked_until_ms
+
+    def release_holder(self, holder: Any, count: bool = True) -> bool:
+        """Release every message lock and session lock of a vanished receiver (as if they had
+        expired now). True when messages became available."""
+        back = False
+        for msg in [m for m in self.locks.values() if m.holder is holder]:
+            self._unlock(msg)
+            back = self._return(msg, count) or back
+        for sess in self.sessions.values():
+            if sess.holder is holder:
+                sess.holder = None
+                sess.locked_until_ms = 0
+                back = back or bool(sess.ready)
+        return back
+
+    # ------------------------------------------------------------ sessions
+
+    def lock_session(self, session_id: str | None, holder: Any,
+                     now_ms: int) -> Session | None:
+        """Lock a named session, or the next available one (None when there is none).
+        Raises when the named session is locked by another receiver."""
+        if session_id is not None:
+            sess = self.sessions.get(session_id)
+            if sess is None:
+                sess = self.sessions[session_id] = Session(session_id)
+            if sess.holder is not None and sess.locked_until_ms > now_ms:
+                raise BrokerError(SESSION_CANNOT_BE_LOCKED, f"The session {session_id!r} is "
+                                  "locked by another receiver.", 409)
+        else:
+            sess = self._available_session(now_ms)
+            if sess is None:
+                return None
+        sess.holder = holder
+        sess.locked_until_ms = now_ms + self.lock_ms
+        heapq.heappush(self._session_heap, (sess.locked_until_ms, sess.id))
+        return sess
+
+    def _available_session(self, now_ms: int) -> Session | None:
+        for sess in self.sessions.values():
+            if (sess.holder is None or sess.locked_until_ms <= now_ms) and self._has_live(sess, now_ms):
+                return sess
+        return None
+
+    def _has_live(self, sess: Session, now_ms: int) -> bool:
+        while sess.ready:
+            msg = self.messages.get(sess.ready[0])
+            if msg is not None and msg.state == ACTIVE and msg.lock_token is None:
+                if msg.expires_ms is None or msg.expires_ms > now_ms:
+                    return True
+                self._expire(msg)
+            heapq.heappop(sess.ready)
+        return False
+
+    def held_session(self, session_id: Any, holders: set[Any], now_ms: int) -> Session:
+        """The session ``session_id`` if one of ``holders`` holds its lock, else lock-lost."""
+        sess = self.sessions.get(session_id) if isinstance(session_id, str) else None
+        if sess is None or sess.holder is None or sess.holder not in holders \
+                or sess.locked_until_ms <= now_ms:
+            raise BrokerError(SESSION_LOCK_LOST, "The session lock has expired or was "
+                              "released; accept the session again.", 410)
+        return sess
+
+    def renew_session(self, sess: Session, now_ms: int) -> int:
+        sess.locked_until_ms = now_ms + self.lock_ms
+        heapq.heappush(self._session_heap, (sess.locked_until_ms, sess.id))
+        for msg in self.locks.values():
+            if msg.session_id == sess.id:
+                msg.locked_until_ms = sess.locked_until_ms
+        return sess.locked_until_ms
+
+    def lose_session(self, sess: Session) -> Any:
+        """The session lock is gone: its locked messages return (counted). Returns the holder."""
+        holder = sess.holder
+        sess.holder = None
+        sess.locked_until_ms = 0
+        for msg in [m for m in self.locks.values() if m.session_id == sess.id]:
+            self._unlock(msg)
+            self._return(msg, True)
+        return holder
+
+    def list_sessions(self, since_ms: int | None) -> list[str]:
+        out = []
+        for sess in self.sessions.values():
+            has_msgs = any(m.session_id == sess.id for m in self.messages.values()) \
+                if not sess.ready else True
+            if since_ms is None:
+                if has_msgs:
+                    out.append(sess.id)
+            elif has_msgs or sess.state is not None:
+                if sess.updated_ms >= since_ms or since_ms == 0:
+                    out.append(sess.id)
+        return out
+
+    # ------------------------------------------------------------ browse / deferred
+
+    def peek(self, from_seq: int, count: int, session_id: str | None) -> list[StoredMessage]:
+        seqs = heapq.nsmallest(count, (s for s, m in self.messages.items()
+                                       if s >= from_seq and (session_id is None
+                                                             or m.session_id == session_id)))
+        return [self.messages[s] for s in seqs]
+
+    def by_sequence(self, seqs: Iterable[int], holder: Any, session: Session | None,
+                    peek_lock: bool, now_ms: int) -> list[StoredMessage]:
+        found = []
+        for seq in seqs:
+            msg = self.messages.get(seq)
+            if msg is None or msg.state != DEFERRED or msg.lock_token is not None or (
+                    session is not None and msg.session_id != session.id):
+                raise BrokerError(MESSAGE_NOT_FOUND, f"Deferred message {seq} was not found.", 404)
+            found.append(msg)
+        for msg in found:
+            if peek_lock:
+                until = session.locked_until_ms if session is not None else now_ms + self.lock_ms
+                self._lock(msg, holder, until, session is None)
+            else:
+                del self.messages[msg.seq]
+        return found
+
+    # ------------------------------------------------------------ time
+
+    def tick(self, now_ms: int) -> tuple[bool, list[Any]]:
+        """Expire locks, activate scheduled messages, drop/dead-letter expired ones.
+        Returns (messages became available, holders whose session lock was lost)."""
+        back = False
+        heap = self._lock_heap
+        while heap and heap[0][0] <= now_ms:
+            _, seq, token = heapq.heappop(heap)
+            msg = self.locks.get(token)
+            if msg is None:
+                continue
+            if msg.locked_until_ms > now_ms:
+                continue  # renewed; a newer heap entry exists
+            self._unlock(msg)
+            back = self._return(msg, True) or back
+        sched = self._sched_heap
+        while sched and sched[0][0] <= now_ms:
+            _, seq = heapq.heappop(sched)
+            msg = self.messages.get(seq)
+            if msg is not None and msg.state == SCHEDULED:
+                del self.messages[seq]
+                self._activate(msg, now_ms)
+                back = True
+        exp = self._expiry_heap
+        while exp and exp[0][0] <= now_ms:
+            _, seq = heapq.heappop(exp)
+            msg = self.messages.get(seq)
+            if msg is not None and msg.lock_token is None and msg.expires_ms is not None \
+                    and msg.expires_ms <= now_ms:
+                self._expire(msg)
+        lost = []
+        sheap = self._session_heap
+        while sheap and sheap[0][0] <= now_ms:
+            _, sid = heapq.heappop(sheap)
+            sess = self.sessions.get(sid)
+            if sess is not None and sess.holder is not None and sess.locked_until_ms <= now_ms:
+                lost.append(self.lose_session(sess))
+                back = back or bool(sess.ready)
+        return back, lost
+
+    def _expire(self, msg: StoredMessage) -> None:
+        if self.dlq_on_expiry:
+            self.dead_letter_msg(msg, "TTLExpiredException", "The message expired and was "
+                                 "dead lettered.")
+        else:
+            self.messages.pop(msg.seq, None)
+
+    def stats(self) -> EntityStats:
+        st = EntityStats()
+        for msg in self.messages.values():
+            if msg.lock_token is not None:
+                st.locked += 1
+            elif msg.state == SCHEDULED:
+                st.scheduled += 1
+            elif msg.state == DEFERRED:
+                st.deferred += 1
+            else:
+                st.active += 1
+        if self.dlq is not None:
+            st.dead_letter = len(self.dlq.messages)
+        return st
+
+
+class Broker:
+    """All entities of one emulator namespace."""
+
+    def __init__(self, *, lock_duration: float, max_delivery_count: int,
+                 default_message_ttl: float | None, auto_create: bool) -> None:
+        self.lock_duration = lock_duration
+        self.max_delivery_count = max_delivery_count
+        self.default_ttl = default_message_ttl
+        self.auto_create = auto_create
+        self.entities: dict[str, Entity] = {}  # lower-case path -> entity (incl. sub-queues)
+
+    def create(self, cfg: EntityConfig, auto: bool = False) -> Entity:
+        path = cfg.path
+        key = path.lower()
+        existing = self.entities.get(key)
+        if existing is not None:
+            return existing
+        if cfg.kind == "subscription":
+            topic = self.entities.get((cfg.topic or "").lower())
+            if topic is None:
+                topic = self.create(EntityConfig(name=cfg.topic or "", kind="topic"), auto)
+        lock_ms = int(1000 * (cfg.lock_duration if cfg.lock_duration is not None
+                              else self.lock_duration))
+        max_dc = cfg.max_delivery_count if cfg.max_delivery_count is not None \
+            else self.max_delivery_count
+        ttl = cfg.default_message_ttl if cfg.default_message_ttl is not None else self.default_ttl
+        ttl_ms = int(ttl * 1000) if ttl is not None else None
+        ent = Entity(self, path, cfg.kind, cfg, lock_ms, max_dc, ttl_ms, auto)
+        self.entities[key] = ent
+        if cfg.kind != "topic":
+            dlq = Entity(self, path + "/$DeadLetterQueue", "dlq", cfg, lock_ms, max_dc, None, False)
+            tdlq = Entity(self, path + "/$Transfer/$DeadLetterQueue", "dlq", cfg, lock_ms,
+                          max_dc, None, False)
+            dlq.parent = tdlq.parent = ent
+            ent.dlq = dlq
+            self.entities[key + DLQ_SUFFIX] = dlq
+            self.entities[key + TRANSFER_DLQ_SUFFIX] = tdlq
+        if cfg.kind == "subscription":
+            self.entities[(cfg.topic or "").lower()].subscriptions.append(ent)
+        _LOG.debug("created %r", ent)
+        return ent
+
+    def lookup(self, path: str) -> Entity:
+        key = path.strip("/").lower()
+        ent = self.entities.get(key)
+        if ent is not None:
+            return ent
+        if self.auto_create and key and "$" not in key:
+            parts = path.strip("/").split("/")
+            if len(parts) == 3 and parts[1].lower() == "subscriptions":
+                return self.create(EntityConfig(name=parts[2], kind="subscription",
+                                                topic=parts[0]), auto=True)
+            if len(parts) == 1:
+                return self.create(EntityConfig(name=parts[0]), auto=True)
+        if self.auto_create and key.endswith(DLQ_SUFFIX):
+            self.lookup(path.strip("/")[: -len(DLQ_SUFFIX)])
+            return self.entities[key]
+        raise BrokerError(NOT_FOUND, f"The messaging entity '{path}' could not be found.", 404)
+
+    def tick(self, now_ms: int) -> tuple[list[Entity], list[Any]]:
+        touched, lost = [], []
+        for ent in list(self.entities.values()):
+            if not (ent._lock_heap or ent._sched_heap or ent._expiry_heap or ent._session_heap):
+                continue
+            back, holders = ent.tick(now_ms)
+            if back:
+                touched.append(ent)
+            lost.extend(holders)
+        return touched, lost

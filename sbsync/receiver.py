@@ -1,0 +1,239 @@
+"""``ServiceBusReceiver``: the blocking, thread-safe twin of ``azure.servicebus.ServiceBusReceiver``."""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Callable
+
+from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiveMode
+from azure.servicebus.aio import ServiceBusReceiver as AsyncServiceBusReceiver
+
+from ._handle import Handle, check_timeout
+from .exceptions import ClientClosedError
+from .session import ServiceBusSession
+
+if TYPE_CHECKING:
+    from .client import ServiceBusClient
+
+__all__ = ["ServiceBusReceiver"]
+
+#: A receive whose turn came after its deadline still looks briefly for messages already there.
+_MIN_RECEIVE_WAIT = 0.01
+
+
+def _remaining(deadline: float | None) -> float | None:
+    """Loop thread: what is left of a receive's wait once it got its turn (at least 10 ms)."""
+    if deadline is None:
+        return None
+    return max(deadline - time.monotonic(), _MIN_RECEIVE_WAIT)
+
+
+def _settle_lane(message: Any) -> str | None:
+    """Settling on the receive link sends no transfer and may overlap other calls; a deferred
+    message is settled by a management request, which must take the ``"link"`` lane."""
+    return "link" if getattr(message, "_is_deferred_message", False) else None
+
+
+class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
+    """Receives from a queue, a subscription, one of their sessions or sub-queues; thread-safe.
+
+    Get one from ``ServiceBusClient.get_queue_receiver``/``get_subscription_receiver``.
+    Receives from different threads take turns; settlement and lock renewal from other
+    threads run alongside them. ``for message in receiver`` yields messages until none arrives
+    for ``max_wait_time`` (forever when it is None), or until the receiver is closed.
+    ``close()`` from another thread ends a blocked receive with ``ClientClosedError``.
+    The keyword-only ``timeout`` (seconds) bounds a call: on expiry it is cancelled and
+    ``OperationTimeoutError`` raised.
+    """
+
+    _kind = "receiver"
+
+    def __init__(
+        self,
+        client: ServiceBusClient,
+        build: Callable[[], AsyncServiceBusReceiver],
+        *,
+        entity: str,
+        session: bool,
+        auto_lock_renewer: Any | None,
+        max_wait_time: float | None,
+        receive_mode: ServiceBusReceiveMode | str,
+    ) -> None:
+        super().__init__(client._portal, build)
+        self._client = client  # keeps the client (and its loop) alive while this is in use
+        self._namespace = client.fully_qualified_namespace
+        self._entity = entity
+        self._session = ServiceBusSession(self) if session else None
+        self._auto_lock_renewer = auto_lock_renewer
+        self._register_session = threading.Lock()
+        self._session_registered = False
+        self._max_wait_time = max_wait_time
+        self._locks_messages = receive_mode != ServiceBusReceiveMode.RECEIVE_AND_DELETE
+
+    def __repr__(self) -> str:
+        closed = " closed" if self._is_closed() else ""
+        return f"<sbsync.ServiceBusReceiver entity={self._entity!r} namespace={self._namespace!r}{closed}>"
+
+    def __enter__(self) -> ServiceBusReceiver:
+        self._run("open", lambda r: r.__aenter__())
+        self._renew_locks_of(())
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        self.close()
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def session(self) -> ServiceBusSession:
+        """The session this receiver holds; None for a receiver without ``session_id``."""
+        return self._session  # type: ignore[return-value]
+
+    @property
+    def client_identifier(self) -> str:
+        """The identifier of this receiver's AMQP link."""
+        return self._attr("client_identifier")
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def receive_messages(
+        self,
+        max_message_count: int | None = 1,
+        max_wait_time: float | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> list[ServiceBusReceivedMessage]:
+        """Up to ``max_message_count`` messages; an empty list if none arrives in ``max_wait_time``.
+
+        Threads sharing the receiver take turns; time spent waiting for one's turn counts
+        against ``max_wait_time``, so the call still returns within it (give or take 10 ms).
+        """
+        check_timeout(max_wait_time, "max_wait_time")
+        wait = self._max_wait_time if max_wait_time is None else max_wait_time
+        deadline = None if wait is None else time.monotonic() + wait
+        messages = self._run(
+            "receive_messages",
+            lambda r: r.receive_messages(max_message_count, _remaining(deadline)),
+            timeout=timeout,
+            lane="receive",
+        )
+        return self._renew_locks_of(messages)
+
+    def __iter__(self) -> Iterator[ServiceBusReceivedMessage]:
+        while True:
+            try:
+                message = self.__next__()
+            except StopIteration:
+                return
+            except ClientClosedError:
+                if self._closed:
+                    return  # closed by another thread: the stream just ends
+                raise
+            yield message
+
+    def __next__(self) -> ServiceBusReceivedMessage:
+        try:
+            message = self._run("next", lambda r: r.__anext__(), lane="receive")
+        except StopAsyncIteration:
+            raise StopIteration from None
+        self._renew_locks_of((message,))
+        return message
+
+    next = __next__
+
+    def peek_messages(
+        self,
+        max_message_count: int = 1,
+        *,
+        sequence_number: int = 0,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> list[ServiceBusReceivedMessage]:
+        """Browse messages without locking them, from ``sequence_number`` on."""
+        return self._run(
+            "peek_messages",
+            lambda r: r.peek_messages(max_message_count, sequence_number=sequence_number, timeout=timeout, **kwargs),
+            timeout=timeout,
+        )
+
+    def receive_deferred_messages(
+        self,
+        sequence_numbers: int | list[int],
+        *,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> list[ServiceBusReceivedMessage]:
+        """Receive deferred messages by sequence number."""
+        messages = self._run(
+            "receive_deferred_messages",
+            lambda r: r.receive_deferred_messages(sequence_numbers, timeout=timeout, **kwargs),
+            timeout=timeout,
+        )
+        return self._renew_locks_of(messages)
+
+    # -- settlement -----------------------------------------------------------------------------
+
+    def complete_message(self, message: ServiceBusReceivedMessage, *, timeout: float | None = None) -> None:
+        """Complete the message: it is removed from the entity."""
+        self._run("complete_message", lambda r: r.complete_message(message), timeout=timeout, lane=_settle_lane(message))
+
+    def abandon_message(self, message: ServiceBusReceivedMessage, *, timeout: float | None = None) -> None:
+        """Abandon the message: its lock is released and it can be received again."""
+        self._run("abandon_message", lambda r: r.abandon_message(message), timeout=timeout, lane=_settle_lane(message))
+
+    def defer_message(self, message: ServiceBusReceivedMessage, *, timeout: float | None = None) -> None:
+        """Defer the message: only ``receive_deferred_messages`` can receive it again."""
+        self._run("defer_message", lambda r: r.defer_message(message), timeout=timeout, lane=_settle_lane(message))
+
+    def dead_letter_message(
+        self,
+        message: ServiceBusReceivedMessage,
+        reason: str | None = None,
+        error_description: str | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        """Move the message to the dead-letter sub-queue, with an optional reason and description."""
+        self._run(
+            "dead_letter_message",
+            lambda r: r.dead_letter_message(message, reason, error_description),
+            timeout=timeout,
+            lane=_settle_lane(message),
+        )
+
+    def renew_message_lock(
+        self,
+        message: ServiceBusReceivedMessage,
+        *,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> datetime.datetime:
+        """Renew the message's lock; returns the new expiry (UTC)."""
+        return self._run(
+            "renew_message_lock",
+            lambda r: r.renew_message_lock(message, timeout=timeout, **kwargs),
+            timeout=timeout,
+        )
+
+    # -- lock renewal hand-off ------------------------------------------------------------------
+
+    def _renew_locks_of(self, messages: Any) -> Any:
+        """Register what this receiver locked with its ``auto_lock_renewer``, as the SDK does."""
+        renewer = self._auto_lock_renewer
+        if renewer is None:
+            return messages
+        if self._session is not None:
+            sdk = self._peek()
+            if sdk is not None and getattr(sdk, "_running", False):
+                with self._register_session:
+                    if self._session_registered:
+                        return messages
+                    self._session_registered = True
+                renewer.register(self, self._session)
+        elif self._locks_messages:
+            for message in messages:
+                renewer.register(self, message)
+        return messages

@@ -1,0 +1,129 @@
+"""``ServiceBusSender``: the blocking, thread-safe twin of ``azure.servicebus.ServiceBusSender``."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Union
+
+from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
+from azure.servicebus.aio import ServiceBusSender as AsyncServiceBusSender
+from azure.servicebus.amqp import AmqpAnnotatedMessage
+
+from ._group_send import SendGroup, groupable
+from ._handle import Handle
+
+if TYPE_CHECKING:
+    from .client import ServiceBusClient
+
+__all__ = ["MessageTypes", "ServiceBusSender"]
+
+MessageTypes = Union[
+    Mapping[str, Any],
+    ServiceBusMessage,
+    AmqpAnnotatedMessage,
+    Iterable[Mapping[str, Any]],
+    Iterable[ServiceBusMessage],
+    Iterable[AmqpAnnotatedMessage],
+]
+
+
+class ServiceBusSender(Handle[AsyncServiceBusSender]):
+    """Sends to one queue or topic; safe to share between threads.
+
+    Get one from ``ServiceBusClient.get_queue_sender``/``get_topic_sender``. Threads share
+    the link: single messages sent concurrently travel together in one transfer (group
+    commit), each caller still getting its own outcome.
+    ``timeout`` (seconds) bounds each call: on expiry the send is cancelled and
+    ``OperationTimeoutError`` raised.
+    """
+
+    _kind = "sender"
+    _guard_open = False  # every operation (and the group flusher) holds the "link" lane
+
+    def __init__(
+        self, client: ServiceBusClient, build: Callable[[], AsyncServiceBusSender], *, entity: str
+    ) -> None:
+        super().__init__(client._portal, build)
+        self._client = client  # keeps the client (and its loop) alive while this is in use
+        self._namespace = client.fully_qualified_namespace
+        self._entity = entity
+        self._group = SendGroup()
+
+    def _on_new_sdk(self) -> None:
+        self._group = SendGroup()
+
+    async def _aclose(self) -> None:
+        self._group.cancel()
+        await super()._aclose()
+
+    def __repr__(self) -> str:
+        closed = " closed" if self._is_closed() else ""
+        return f"<sbsync.ServiceBusSender entity={self._entity!r} namespace={self._namespace!r}{closed}>"
+
+    def __enter__(self) -> ServiceBusSender:
+        self._run("open", lambda s: s.__aenter__())
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        self.close()
+
+    @property
+    def client_identifier(self) -> str:
+        """The identifier of this sender's AMQP link."""
+        return self._attr("client_identifier")
+
+    def send_messages(
+        self,
+        message: MessageTypes | ServiceBusMessageBatch,
+        *,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Send a message, a list of messages or a batch; returns once the broker accepted it."""
+        if groupable(message, kwargs):
+            self._run(
+                "send_messages",
+                lambda s: self._group.send(s, message, self._lane("link")),
+                timeout=timeout,
+                lane=None,
+            )
+        else:
+            self._run("send_messages", lambda s: s.send_messages(message, timeout=timeout, **kwargs), timeout=timeout)
+
+    def schedule_messages(
+        self,
+        messages: MessageTypes,
+        schedule_time_utc: datetime.datetime,
+        *,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> list[int]:
+        """Schedule messages for ``schedule_time_utc``; returns their sequence numbers."""
+        return self._run(
+            "schedule_messages",
+            lambda s: s.schedule_messages(messages, schedule_time_utc, timeout=timeout, **kwargs),
+            timeout=timeout,
+        )
+
+    def cancel_scheduled_messages(
+        self,
+        sequence_numbers: int | list[int],
+        *,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Cancel scheduled messages by sequence number."""
+        self._run(
+            "cancel_scheduled_messages",
+            lambda s: s.cancel_scheduled_messages(sequence_numbers, timeout=timeout, **kwargs),
+            timeout=timeout,
+        )
+
+    def create_message_batch(
+        self, max_size_in_bytes: int | None = None, *, timeout: float | None = None
+    ) -> ServiceBusMessageBatch:
+        """An empty batch sized for this link (opens the link to learn its maximum)."""
+        return self._run(
+            "create_message_batch", lambda s: s.create_message_batch(max_size_in_bytes), timeout=timeout
+        )

@@ -1,0 +1,1 @@
+"""Conformance suite: the official azure-servicebus SDK against sbsync.emulator."""

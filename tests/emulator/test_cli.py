@@ -1,0 +1,211 @@
+"""``python -m sbsync.emulator`` run as a real subprocess, driven by the sync SDK."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusReceiveMode
+from azure.servicebus.exceptions import MessagingEntityNotFoundError
+
+from sbsync.emulator._cli import main
+
+from .conftest import receive
+
+pytestmark = pytest.mark.timeout(60)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sbsync.emulator", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+
+
+def _first_line(proc: subprocess.Popen[str], timeout: float = 15.0) -> str:
+    """The first stdout line, without blocking past ``timeout`` if the child hangs."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            pytest.fail(f"no connection string within {timeout} s")
+    return proc.stdout.readline().strip()
+
+
+def _stop(proc: subprocess.Popen[str], sig: int) -> tuple[int, float, str]:
+    started = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        _, stderr = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the emulator did not exit within 10 s of the signal")
+    return proc.returncode, time.monotonic() - started, stderr
+
+
+@pytest.fixture
+def spawned() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test started; any still running at teardown are killed."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def test_serves_the_sdk_and_stops_on_sigterm(
+    tmp_path: Path, spawned: list[subprocess.Popen[str]]
+) -> None:
+    config = tmp_path / "Config.json"
+    config.write_text(
+        json.dumps(
+            {"UserConfig": {"Namespaces": [{"Name": "ns", "Queues": [{"Name": "from-config"}]}]}}
+        )
+    )
+    proc = _spawn(
+        "--port",
+        "0",
+        "--queue",
+        "jobs",
+        "--session-queue",
+        "orders",
+        "--subscription",
+        "events/audit",
+        "--config",
+        str(config),
+        "--lock-duration",
+        "5",
+    )
+    spawned.append(proc)
+    conn_str = _first_line(proc)
+    assert conn_str.startswith("Endpoint=sb://127.0.0.1:")
+    assert "UseDevelopmentEmulator=true" in conn_str
+    with ServiceBusClient.from_connection_string(conn_str, retry_total=0) as client:
+        for queue in ("jobs", "from-config"):
+            with client.get_queue_sender(queue) as sender:
+                sender.send_messages(ServiceBusMessage(f"to {queue}"))
+            with client.get_queue_receiver(queue) as receiver:
+                [msg] = receive(receiver, 1)
+                assert str(msg) == f"to {queue}"
+                # --lock-duration 5 is applied.
+                left = (msg.locked_until_utc - msg.enqueued_time_utc).total_seconds()
+                assert 3 < left < 7
+                receiver.complete_message(msg)
+        with client.get_topic_sender("events") as sender:
+            sender.send_messages(ServiceBusMessage("event"))
+        with client.get_subscription_receiver(
+            "events", "audit", receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE
+        ) as receiver:
+            assert [str(m) for m in receive(receiver, 1)] == ["event"]
+        with client.get_queue_sender("orders") as sender:
+            sender.send_messages(ServiceBusMessage("o", session_id="s1"))
+        with client.get_queue_receiver("orders", session_id="s1") as receiver:
+            [msg] = receive(receiver, 1)
+            receiver.complete_message(msg)
+        with pytest.raises(MessagingEntityNotFoundError):  # no --auto-create
+            with client.get_queue_sender("unknown") as sender:
+                sender.send_messages(ServiceBusMessage("x"))
+    code, took, stderr = _stop(proc, signal.SIGTERM)
+    assert code == 0, stderr
+    assert took < 5
+    assert "Traceback" not in stderr
+
+
+def test_auto_create_and_sigint(spawned: list[subprocess.Popen[str]]) -> None:
+    proc = _spawn("--port", "0", "--auto-create", "--key-name", "dev", "--key", "k3y")
+    spawned.append(proc)
+    conn_str = _first_line(proc)
+    assert "SharedAccessKeyName=dev" in conn_str
+    with ServiceBusClient.from_connection_string(conn_str) as client:
+        with client.get_queue_sender("made-on-demand") as sender:
+            sender.send_messages(ServiceBusMessage("hi"))
+    code, took, stderr = _stop(proc, signal.SIGINT)
+    assert (code, "Traceback" in stderr) == (0, False), stderr
+    assert took < 5
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--port", "x"], "--port: not an integer"),
+        (["--port", "70000"], "port must be 0..65535"),
+        (["--subscription", "no-slash"], "expected TOPIC/NAME"),
+        (["--session-subscription", "a/b/c"], "expected TOPIC/NAME"),
+        (["--lock-duration", "0"], "positive number of seconds"),
+        (["--max-delivery-count", "0"], "at least 1"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--config", "/nonexistent/Config.json"], "Config.json: cannot read"),
+    ],
+)
+def test_bad_flags(args: list[str], expected: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sbsync.emulator", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert lines[0].startswith("python -m sbsync.emulator: error: ")
+
+
+def test_malformed_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "Config.json"
+    config.write_text(
+        '{"UserConfig": {"Namespaces": [{"Queues": [{"Name": "q", '
+        '"Properties": {"LockDuration": "one minute"}}]}]}}'
+    )
+    assert main(["--port", "0", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert "Queues[0].Properties.LockDuration: 'one minute' is not an ISO-8601 duration" in err
+
+
+def test_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--port", str(port)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert f"cannot start on 127.0.0.1:{port}" in err
+
+
+def test_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--session-queue", "--subscription", "--config", "--auto-create", "--key"):
+        assert flag in out
+
+
+def test_main_is_importable_without_side_effects() -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run(
+        [sys.executable, "-c", "import sbsync.emulator.__main__, sys; print('ok')"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert result.stdout.strip() == "ok" and result.returncode == 0, result.stderr

@@ -1,0 +1,158 @@
+"""Timeouts, closing, the deadlock guard and credentials."""
+
+from __future__ import annotations
+
+import base64
+import gc
+import hashlib
+import hmac
+import threading
+import time
+from urllib.parse import quote_plus
+
+import pytest
+from azure.core.credentials import AccessToken, AzureNamedKeyCredential
+
+import sbsync
+from sbsync import ServiceBusMessage
+from sbsync.exceptions import ClientClosedError, LoopThreadError, OperationTimeoutError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _key_parts(conn_str: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in conn_str.split(";") if part)
+
+
+def test_timeout_cancels_a_blocked_receive_and_the_receiver_stays_usable(client, queue):
+    with client.get_queue_receiver(queue) as receiver:
+        start = time.monotonic()
+        with pytest.raises(OperationTimeoutError):
+            receiver.receive_messages(max_wait_time=30, timeout=0.5)
+        assert time.monotonic() - start < 2.5
+        with client.get_queue_sender(queue) as sender:
+            sender.send_messages(ServiceBusMessage("after-timeout"))
+        (message,) = receiver.receive_messages(max_wait_time=5)
+        assert str(message) == "after-timeout"
+        receiver.complete_message(message)
+
+
+def test_deadlock_guard(client, queue):
+    sender = client.get_queue_sender(queue)
+
+    async def misuse():
+        sender.send_messages(ServiceBusMessage("from the loop thread"))
+
+    future = client._portal.submit(misuse)
+    with pytest.raises(LoopThreadError, match="event-loop thread"):
+        future.result(10)
+
+
+def test_close_is_idempotent_and_use_after_close_fails_clearly(conn_str, queue):
+    client = sbsync.ServiceBusClient.from_connection_string(conn_str)
+    sender = client.get_queue_sender(queue)
+    receiver = client.get_queue_receiver(queue, max_wait_time=1)
+    sender.send_messages(ServiceBusMessage("x"))
+    loop_thread = client._portal._thread
+    assert loop_thread is not None and loop_thread.is_alive()
+
+    receiver.close()
+    receiver.close()
+    with pytest.raises(ClientClosedError, match="receiver is closed"):
+        receiver.receive_messages()
+    sender.send_messages(ServiceBusMessage("the client still works"))
+
+    start = time.monotonic()
+    client.close()
+    client.close()
+    assert time.monotonic() - start < 5
+    assert not loop_thread.is_alive()
+    for call in (
+        lambda: sender.send_messages(ServiceBusMessage("y")),
+        lambda: client.get_queue_sender(queue),
+        lambda: client.get_queue_receiver(queue),
+        lambda: list(client.list_queue_sessions("sessions")),
+    ):
+        with pytest.raises(ClientClosedError):
+            call()
+    sender.close()  # closing a handle of a closed client is fine
+    assert "closed" in repr(client)
+
+
+def test_context_managers_close(conn_str, queue):
+    with sbsync.ServiceBusClient.from_connection_string(conn_str) as client:
+        with client.get_queue_sender(queue) as sender:
+            sender.send_messages(ServiceBusMessage("cm"))
+        with pytest.raises(ClientClosedError):
+            sender.send_messages(ServiceBusMessage("after exit"))
+        with client.get_queue_receiver(queue, max_wait_time=2) as receiver:
+            (message,) = receiver.receive_messages(max_wait_time=5)
+            receiver.complete_message(message)
+        thread = client._portal._thread
+    assert thread is not None and not thread.is_alive()
+
+
+class SasTokenCredential:
+    """A real synchronous TokenCredential: signs a namespace-wide SAS token on each call."""
+
+    def __init__(self, namespace: str, key_name: str, key: str) -> None:
+        self._uri = f"sb://{namespace}/"
+        self._key_name = key_name
+        self._key = key
+        self.threads: list[str] = []
+
+    def get_token(self, *scopes: str, **kwargs) -> AccessToken:
+        self.threads.append(threading.current_thread().name)
+        expiry = int(time.time()) + 3600
+        resource = quote_plus(self._uri)
+        signature = base64.b64encode(
+            hmac.new(self._key.encode(), f"{resource}\n{expiry}".encode(), hashlib.sha256).digest()
+        ).decode()
+        token = f"SharedAccessSignature sr={resource}&sig={quote_plus(signature)}&se={expiry}&skn={self._key_name}"
+        return AccessToken(token, expiry)
+
+
+def test_sync_token_credential_runs_off_the_loop_thread(conn_str, queue):
+    parts = _key_parts(conn_str)
+    namespace = parts["Endpoint"].split("://", 1)[1]
+    credential = SasTokenCredential(namespace, parts["SharedAccessKeyName"], parts["SharedAccessKey"])
+    with sbsync.ServiceBusClient(namespace, credential, use_tls=False) as client:
+        with client.get_queue_sender(queue) as sender:
+            sender.send_messages(ServiceBusMessage("token"))
+        with client.get_queue_receiver(queue, max_wait_time=2) as receiver:
+            (message,) = receiver.receive_messages(max_wait_time=5)
+            receiver.complete_message(message)
+    assert credential.threads, "get_token was never called"
+    assert all("executor" in name for name in credential.threads), credential.threads
+
+
+def test_named_key_credential(conn_str, queue):
+    parts = _key_parts(conn_str)
+    namespace = parts["Endpoint"].split("://", 1)[1]
+    credential = AzureNamedKeyCredential(parts["SharedAccessKeyName"], parts["SharedAccessKey"])
+    with sbsync.ServiceBusClient(namespace, credential, use_tls=False) as client:
+        with client.get_queue_sender(queue) as sender:
+            sender.send_messages(ServiceBusMessage("named"))
+        with client.get_queue_receiver(queue, max_wait_time=2) as receiver:
+            assert [str(m) for m in receiver.peek_messages(1)] == ["named"]
+
+
+def test_one_loop_thread_per_client(client, queue):
+    before = {t.name for t in threading.enumerate() if t.name.startswith("sbsync-loop")}
+    handles = [client.get_queue_sender(queue) for _ in range(5)] + [client.get_queue_receiver(queue) for _ in range(5)]
+    after = {t.name for t in threading.enumerate() if t.name.startswith("sbsync-loop")}
+    assert after == before
+    for handle in handles:
+        handle.close()
+
+
+def test_a_sender_keeps_its_client_alive_and_a_dropped_client_stops_its_loop(conn_str, queue):
+    sender = sbsync.ServiceBusClient.from_connection_string(conn_str).get_queue_sender(queue)
+    gc.collect()
+    sender.send_messages(ServiceBusMessage("client object already dropped"))
+    thread = sender._portal._thread
+    del sender
+    gc.collect()
+    assert thread is not None
+    thread.join(5)
+    assert not thread.is_alive()
