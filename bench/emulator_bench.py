@@ -99,6 +99,28 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("VmRSS not found")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used, from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Clock:
+    """Times a region, and the emulator's CPU use within it."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self.wall = self.cpu = 0.0
+
+    @contextmanager
+    def timing(self) -> Iterator[None]:
+        cpu, wall = cpu_seconds(self._pid), time.perf_counter()
+        yield
+        self.wall = time.perf_counter() - wall
+        self.cpu = cpu_seconds(self._pid) - cpu
+
+
 def _messages(count: int, session_id: str | None = None) -> list[ServiceBusMessage]:
     return [ServiceBusMessage(BODY, session_id=session_id) for _ in range(count)]
 
@@ -109,52 +131,49 @@ def fill(client: ServiceBusClient, queue: str, count: int, session_id: str | Non
             sender.send_messages(_messages(min(BATCH, count - start), session_id))
 
 
-def single_send(client: ServiceBusClient, queue: str, count: int) -> float:
+def single_send(client: ServiceBusClient, clock: Clock, queue: str, count: int) -> None:
     with client.get_queue_sender(queue) as sender:
         sender.send_messages(ServiceBusMessage(BODY))  # warm the link
-        started = time.perf_counter()
-        for _ in range(count):
-            sender.send_messages(ServiceBusMessage(BODY))
-        return count / (time.perf_counter() - started)
+        with clock.timing():
+            for _ in range(count):
+                sender.send_messages(ServiceBusMessage(BODY))
 
 
-def batch_send(client: ServiceBusClient, queue: str, count: int) -> float:
+def batch_send(client: ServiceBusClient, clock: Clock, queue: str, count: int) -> None:
     with client.get_queue_sender(queue) as sender:
         sender.send_messages(ServiceBusMessage(BODY))
-        started = time.perf_counter()
-        for start in range(0, count, BATCH):
-            sender.send_messages(_messages(min(BATCH, count - start)))
-        return count / (time.perf_counter() - started)
+        with clock.timing():
+            for start in range(0, count, BATCH):
+                sender.send_messages(_messages(min(BATCH, count - start)))
 
 
-def _drain(receiver: Any, count: int) -> float:
+def _drain(receiver: Any, clock: Clock, count: int) -> None:
     got = 0
-    started = time.perf_counter()
-    while got < count:
-        msgs = receiver.receive_messages(max_message_count=BATCH, max_wait_time=10)
-        if not msgs:
-            raise RuntimeError(f"only {got} of {count} messages arrived")
-        for msg in msgs:
-            receiver.complete_message(msg)
-        got += len(msgs)
-    return got / (time.perf_counter() - started)
+    with clock.timing():
+        while got < count:
+            msgs = receiver.receive_messages(max_message_count=BATCH, max_wait_time=10)
+            if not msgs:
+                raise RuntimeError(f"only {got} of {count} messages arrived")
+            for msg in msgs:
+                receiver.complete_message(msg)
+            got += len(msgs)
 
 
-def receive_complete(client: ServiceBusClient, queue: str, count: int) -> float:
+def receive_complete(client: ServiceBusClient, clock: Clock, queue: str, count: int) -> None:
     fill(client, queue, count)
     with client.get_queue_receiver(queue) as receiver:
-        return _drain(receiver, count)
+        _drain(receiver, clock, count)
 
 
-def session_receive_complete(client: ServiceBusClient, queue: str, count: int) -> float:
+def session_receive_complete(
+    client: ServiceBusClient, clock: Clock, queue: str, count: int
+) -> None:
     fill(client, queue, count, session_id="bench")
     with client.get_queue_receiver(queue, session_id="bench") as receiver:
-        return _drain(receiver, count)
+        _drain(receiver, clock, count)
 
 
-def _median_of(runs: int, measure: Callable[[int], float]) -> dict[str, Any]:
-    rates = [measure(i) for i in range(runs)]
-    return {"msgs_per_s": round(statistics.median(rates), 1), "runs": [round(r, 1) for r in rates]}
+Scenario = Callable[[ServiceBusClient, Clock, str, int], None]
 
 
 def throughput(sizes: Sizes, runs: int, log: Callable[[str], None]) -> dict[str, Any]:
@@ -162,32 +181,35 @@ def throughput(sizes: Sizes, runs: int, log: Callable[[str], None]) -> dict[str,
     args = ["--auto-create"]
     for name in session_queues:
         args += ["--session-queue", name]
+    scenarios: list[tuple[str, int, Scenario, Callable[[int], str]]] = [
+        ("single_send", sizes.single, single_send, lambda i: f"single-{i}"),
+        ("batch_send", sizes.batch, batch_send, lambda i: f"batch-{i}"),
+        ("receive_complete", sizes.receive, receive_complete, lambda i: f"receive-{i}"),
+        (
+            "session_receive_complete",
+            sizes.session,
+            session_receive_complete,
+            lambda i: session_queues[i],
+        ),
+    ]
     results: dict[str, Any] = {}
-    with (
-        emulator_process(*args) as (_, conn_str),
-        ServiceBusClient.from_connection_string(conn_str) as client,
-    ):
-        scenarios: list[tuple[str, int, Callable[[int], float]]] = [
-            (
-                "single_send",
-                sizes.single,
-                lambda i: single_send(client, f"single-{i}", sizes.single),
-            ),
-            ("batch_send", sizes.batch, lambda i: batch_send(client, f"batch-{i}", sizes.batch)),
-            (
-                "receive_complete",
-                sizes.receive,
-                lambda i: receive_complete(client, f"receive-{i}", sizes.receive),
-            ),
-            (
-                "session_receive_complete",
-                sizes.session,
-                lambda i: session_receive_complete(client, session_queues[i], sizes.session),
-            ),
-        ]
-        for name, count, measure in scenarios:
-            log(f"{name}: {runs} runs of {count} messages ...")
-            results[name] = {"messages_per_run": count, **_median_of(runs, measure)}
+    with emulator_process(*args) as (proc, conn_str):
+        clock = Clock(proc.pid)
+        with ServiceBusClient.from_connection_string(conn_str) as client:
+            for name, count, scenario, queue_of in scenarios:
+                log(f"{name}: {runs} runs of {count} messages ...")
+                rates, cpu_shares = [], []
+                for i in range(runs):
+                    scenario(client, clock, queue_of(i), count)
+                    rates.append(count / clock.wall)
+                    cpu_shares.append(clock.cpu / clock.wall)
+                results[name] = {
+                    "messages_per_run": count,
+                    "msgs_per_s": round(statistics.median(rates), 1),
+                    "runs": [round(r, 1) for r in rates],
+                    # Share of one core the emulator used while the driver ran flat out.
+                    "emulator_cpu_share": round(statistics.median(cpu_shares), 2),
+                }
     return results
 
 
@@ -217,20 +239,23 @@ def memory(count: int, log: Callable[[str], None]) -> dict[str, Any]:
 
 
 def render(results: dict[str, Any], mem: dict[str, Any]) -> str:
-    lines = [f"{'scenario':<28}{'msgs/s (median)':>16}{'messages/run':>14}{'target':>10}  runs"]
+    lines = [
+        f"{'scenario':<26}{'msgs/s (median)':>16}{'msgs/run':>10}{'target':>12}{'emu CPU':>9}  runs"
+    ]
     for name, row in results.items():
         target = TARGETS.get(name)
-        mark = (
+        verdict = (
             ""
             if target is None
-            else f"{target:>8.0f}{'ok' if row['msgs_per_s'] >= target else '!!':>2}"
+            else f"{target:.0f} {'ok' if row['msgs_per_s'] >= target else 'MISS'}"
         )
         runs = ", ".join(f"{r:.0f}" for r in row["runs"])
         lines.append(
-            f"{name:<28}{row['msgs_per_s']:>16.0f}{row['messages_per_run']:>14}{mark:>10}  {runs}"
+            f"{name:<26}{row['msgs_per_s']:>16.0f}{row['messages_per_run']:>10}{verdict:>12}"
+            f"{row['emulator_cpu_share']:>9.0%}  {runs}"
         )
     lines.append(
-        f"memory: {mem['messages']} x 1 KB queued -> RSS {mem['rss_loaded_mib']} MiB "
+        f"memory: {mem['messages']} x 1 KB queued -> emulator RSS {mem['rss_loaded_mib']} MiB "
         f"(idle {mem['rss_idle_mib']} MiB, {mem['bytes_per_message']} B/message)"
     )
     return "\n".join(lines)

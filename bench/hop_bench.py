@@ -7,7 +7,8 @@
 
 The emulator runs in its own process so it does not compete for this process's GIL. Rounds
 alternate between the variants (each holding its own session) to spread drift over all of them. Prints a table and writes
-``bench/results/hop.json``.
+``bench/results/hop.json``. Last, the hop alone (a coroutine that returns at once) through
+sbsync's portal and through ``run_coroutine_threadsafe``, without I/O noise.
 
     python bench/hop_bench.py [--calls 4000] [--chunk 200]
 """
@@ -40,6 +41,7 @@ def start_emulator() -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "sbsync.emulator", "--port", "0", "--session-queue", QUEUE],
         stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
     )
     assert proc.stdout is not None
@@ -151,6 +153,35 @@ def percentile(sorted_samples: list[float], q: float) -> float:
     return sorted_samples[index]
 
 
+def hop_only(calls: int, chunk: int) -> dict[str, dict[str, float]]:
+    """The hop alone (a coroutine that returns at once): sbsync's portal vs the naive hop."""
+    from sbsync._portal import Portal
+
+    async def noop() -> None:
+        return None
+
+    portal = Portal()
+    loop = portal.loop
+    ways = {
+        "sbsync-portal": lambda: portal.call(noop),
+        "naive-hop": lambda: asyncio.run_coroutine_threadsafe(noop(), loop).result(),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in ways}
+    try:
+        for call in ways.values():
+            timed(call, chunk)
+        for _ in range(max(1, calls // chunk)):
+            for name, call in ways.items():
+                samples[name].extend(timed(call, chunk))
+    finally:
+        portal.shutdown()
+    out = {}
+    for name, values in samples.items():
+        values.sort()
+        out[name] = {"p50_us": percentile(values, 0.5) * 1e6, "p99_us": percentile(values, 0.99) * 1e6}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=4000, help="measured calls per variant")
@@ -205,6 +236,10 @@ def main() -> None:
             f"{name:<12} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['mean_ms']:>8.3f} "
             f"{r['p50_vs_sync']:>9.2f} {r['p50_vs_aio']:>8.2f} {r['p50_added_us_vs_aio']:>15.1f}"
         )
+    hop = hop_only(args.calls * 5, args.chunk * 5)
+    print("\nthe hop alone (no I/O):")
+    for name, r in hop.items():
+        print(f"{name:<14} p50 {r['p50_us']:>6.1f} us   p99 {r['p99_us']:>6.1f} us")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(
@@ -215,6 +250,7 @@ def main() -> None:
                 "python": platform.python_version(),
                 "cpus": os.cpu_count(),
                 "results": rows,
+                "hop_only_us": hop,
             },
             indent=2,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable
 
 from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusReceivedMessage
 from azure.servicebus.exceptions import (
@@ -119,7 +120,7 @@ class _Consumer:
             return self.client.get_queue_receiver(name, **kwargs)
         return self.client.get_subscription_receiver(name, subscription, **kwargs)
 
-    def drain(self, receiver: Any, *, until_idle: Optional[float] = None) -> None:
+    def drain(self, receiver: Any, *, until_idle: float | None = None) -> None:
         """Process messages from ``receiver`` one at a time until told to stop.
 
         With ``until_idle`` (seconds), return once no message came for that long: a worker
@@ -245,15 +246,16 @@ def main_consume(args: argparse.Namespace) -> int:
 
 def _run_workers(consumer: _Consumer, args: argparse.Namespace) -> None:
     shared = None
+    work: Callable[[], None]
     if args.next_session:
-        targets = [(consumer.next_session_worker, ())] * args.concurrency
+        work = consumer.next_session_worker
     else:
         # One receiver shared by every worker thread: sbsync receivers are thread-safe.
         shared = consumer.receiver(args.session)
-        targets = [(consumer.shared_receiver_worker, (shared,))] * args.concurrency
+        work = functools.partial(consumer.shared_receiver_worker, shared)
     threads = [
-        threading.Thread(target=fn, args=fn_args, name=f"sbsync-consume-{i}", daemon=True)
-        for i, (fn, fn_args) in enumerate(targets)
+        threading.Thread(target=work, name=f"sbsync-consume-{i}", daemon=True)
+        for i in range(args.concurrency)
     ]
     for thread in threads:
         thread.start()

@@ -8,8 +8,9 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, TextIO
+from typing import Any, TextIO
 
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
 
@@ -27,7 +28,7 @@ class DemoResult:
     sessions: int
     seconds: float
     received: dict[str, list[int]] = field(default_factory=dict)
-    checkpoints: dict[str, Optional[int]] = field(default_factory=dict)
+    checkpoints: dict[str, int | None] = field(default_factory=dict)
     lock_renewals: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -178,7 +179,7 @@ def _check(
 
 
 @contextlib.contextmanager
-def demo_client(connection_string: Optional[str], queue: str) -> Iterator[ServiceBusClient]:
+def demo_client(connection_string: str | None, queue: str) -> Iterator[ServiceBusClient]:
     """A client on ``connection_string``, or on an embedded emulator with ``queue`` created."""
     if connection_string:
         with ServiceBusClient.from_connection_string(connection_string) as client:
@@ -191,7 +192,7 @@ def demo_client(connection_string: Optional[str], queue: str) -> Iterator[Servic
             yield client
 
 
-def main_demo(args: Any, connection_string: Optional[str]) -> int:
+def main_demo(args: Any, connection_string: str | None) -> int:
     """Entry point of ``sbsync demo``; returns the exit status."""
     with demo_client(connection_string, args.queue) as client:
         result = run_demo(

@@ -68,10 +68,17 @@ class SendGroup:
                 self._queue.remove(entry)  # not taken yet: it must not go out after its caller gave up
             raise
 
+    @property
+    def busy(self) -> bool:
+        """Whether messages are queued or a transfer is in flight."""
+        return bool(self._queue) or (self._flusher is not None and not self._flusher.done())
+
     def cancel(self) -> None:
-        """Stop the flusher (the sender is closing)."""
-        if self._flusher is not None:
-            self._flusher.cancel()
+        """Loop thread: stop the flusher (the sender is closing)."""
+        flusher = self._flusher
+        # After a fork the flusher may be the parent's, on a loop that no longer runs here.
+        if flusher is not None and flusher.get_loop() is asyncio.get_running_loop():
+            flusher.cancel()
 
     async def _flush(self, sdk: Any, lane: asyncio.Lock) -> None:
         while self._queue:

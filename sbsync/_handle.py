@@ -17,7 +17,7 @@ from typing import Any, Callable, Generic, TypeVar
 from ._portal import Portal, PortalFuture
 from .exceptions import ClientClosedError
 
-__all__ = ["CLOSE_TIMEOUT", "Handle", "check_timeout"]
+__all__ = ["CLOSE_TIMEOUT", "Handle", "check_count", "check_sequence_numbers", "check_timeout", "check_type"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -36,6 +36,29 @@ def check_timeout(timeout: float | None, name: str = "timeout") -> None:
         raise TypeError(f"{name} must be a number of seconds or None, not {type(timeout).__name__}.")
     if not timeout > 0:
         raise ValueError(f"{name} must be greater than 0 (got {timeout!r}).")
+
+
+def check_count(value: int | None, name: str, *, optional: bool = False) -> None:
+    """A positive int (or None when ``optional``); TypeError/ValueError otherwise."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}.")
+    if value <= 0:
+        raise ValueError(f"{name} must be greater than 0 (got {value!r}).")
+
+
+def check_sequence_numbers(value: int | list[int]) -> None:
+    """An int or a list of ints, as the SDK's sequence-number parameters take."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if any(isinstance(n, bool) or not isinstance(n, int) for n in items):
+        raise TypeError("sequence_numbers must be an int or a list of ints.")
+
+
+def check_type(value: Any, expected: type | tuple[type, ...], name: str) -> None:
+    if not isinstance(value, expected):
+        names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
+        raise TypeError(f"{name} must be {names}, not {type(value).__name__}.")
 
 
 class Handle(Generic[SdkT]):
@@ -68,6 +91,7 @@ class Handle(Generic[SdkT]):
             self._sdk_gen = generation
             self._open_lock = asyncio.Lock()
             self._lanes = {}
+            self._inflight = set()
             self._on_new_sdk()
         return self._sdk_obj  # type: ignore[return-value]
 
@@ -94,6 +118,8 @@ class Handle(Generic[SdkT]):
         holds the ``"link"`` lane.) While a receiver's link is not open, every operation also
         holds the open lock, so concurrent first calls cannot each open a link of their own.
         """
+        if self._closed:  # closed after this call passed the caller-side check
+            raise ClientClosedError(f"The {self._kind} is closed.")
         task = asyncio.current_task()
         assert task is not None
         self._inflight.add(task)
@@ -117,15 +143,20 @@ class Handle(Generic[SdkT]):
         return await fn(sdk)
 
     async def _aclose(self) -> None:
-        """Loop thread: cancel this handle's calls in flight, then close its SDK object."""
+        """Loop thread: cancel this handle's calls in flight, then release its SDK object."""
+        if self._sdk_obj is None or self._sdk_gen != self._portal.generation:
+            return  # never built, or built by the parent process: nothing of ours to close
         current = asyncio.current_task()
         pending = [t for t in self._inflight if t is not current]
         for task in pending:
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=CLOSE_TIMEOUT / 2)
-        if self._sdk_obj is not None and self._sdk_gen == self._portal.generation:
-            await self._sdk_obj.close()  # type: ignore[attr-defined]
+        await self._release(self._sdk_obj, interrupted=bool(pending))
+
+    async def _release(self, sdk: SdkT, *, interrupted: bool) -> None:
+        """Loop thread: done with ``sdk`` (``interrupted``: calls on it were cancelled)."""
+        await sdk.close()  # type: ignore[attr-defined]
 
     # -- caller side ----------------------------------------------------------------------
 

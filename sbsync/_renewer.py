@@ -6,8 +6,10 @@ whose workers block on the network; a lock it cannot keep is often dropped witho
 
 This one is a :class:`~sbsync._scheduler.DeadlineScheduler`: one ``threading.Timer`` armed
 for the earliest renewal due, however many locks are registered. When it fires it *submits*
-each due renewal to the receiver's portal (non-blocking; they run concurrently on the loop)
-and re-arms. A renewal's outcome arrives as a future callback and schedules the next one.
+the due renewals to their receivers' portals (non-blocking; they run on the loop) -- one
+``renew-lock`` request for up to ``MAX_BATCH`` of a receiver's messages, one request per
+session -- and re-arms. An outcome arrives as a future callback and schedules the next
+renewal. No threads of its own beyond the timer; no polling.
 
 When is a lock renewed? At ``min(RENEW_FRACTION * span, MAX_MARGIN)`` before it expires,
 ``span`` being how long the lock had left when last granted: a 5 s lock is renewed with 2.5 s
@@ -291,6 +293,7 @@ class AutoLockRenewer:
             if previous is not None:
                 # Registering again replaces the earlier settings (one renewal per lock).
                 self._deactivate_locked(previous)
+                self._scheduler.cancel(previous)
             self._registrations[id(renewable)] = registration
         _log.debug(
             "keeping lock on %r for up to %s s (%.1f s left)", renewable, registration.max_duration, span

@@ -91,15 +91,15 @@ ALWAYS_TRANSIENT: tuple[type, ...] = (
 #: have taken effect: repeating them leaves the same end state. A send, a settlement, a
 #: schedule or a receive is not among them (a timed-out attempt may have delivered, settled,
 #: scheduled or locked, and a second one would duplicate it or fail confusingly).
-#: Acquiring a session *by id* is here: it has no side effect unless it succeeds, and the
-#: SDK retries it too. SessionCannotBeLockedError (another receiver holds the session) is
-#: likewise retried, as the SDK does: the holder often lets go within the backoff window. A
-#: NEXT_AVAILABLE_SESSION acquisition is not here: its timeout means "no session was free
-#: within max_wait_time", an answer rather than a fault, and retrying would multiply the
-#: wait the caller asked for.
+#: Opening a link ("open", or the first call of a receiver, which opens it) is not here
+#: either: for a NEXT_AVAILABLE_SESSION receiver its timeout means "no session was free
+#: within max_wait_time", an answer rather than a fault, and retrying would multiply the wait
+#: the caller asked for. Acquiring a session is otherwise repeated: it has no side effect
+#: unless it succeeds, so SessionCannotBeLockedError (another receiver holds the session) is
+#: retried for every operation, as the SDK does -- the holder often lets go within the
+#: backoff window.
 IDEMPOTENT_OPERATIONS = frozenset(
     {
-        "open",
         "get_state",
         "set_state",
         "renew_lock",

@@ -7,7 +7,8 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.exceptions import ServiceBusError
@@ -181,7 +182,7 @@ def connection_string(args: argparse.Namespace) -> str:
     return str(value)
 
 
-def entity(args: argparse.Namespace) -> tuple[str, Optional[str]]:
+def entity(args: argparse.Namespace) -> tuple[str, str | None]:
     """(queue or topic, subscription or None) from QUEUE / --subscription TOPIC/SUB."""
     if args.subscription:
         if args.queue:
@@ -211,7 +212,7 @@ def _receiver(client: Any, args: argparse.Namespace, **kwargs: Any) -> Any:
 def _cmd_send(args: argparse.Namespace) -> int:
     if bool(args.queue) == bool(args.topic):
         raise CliError("name a QUEUE or give --topic TOPIC (one of them)")
-    properties: dict[str, Any] = {}
+    properties: dict[str | bytes, Any] = {}
     for item in args.property:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -293,7 +294,7 @@ def _cmd_session(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["emulator"]:
         from .emulator._cli import main as emulator_main

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -16,10 +17,12 @@ from azure.servicebus import (
     parse_connection_string,
 )
 from azure.servicebus.aio import ServiceBusClient as AsyncServiceBusClient
+from azure.servicebus.aio import ServiceBusSender as AsyncServiceBusSender
 
 from ._credentials import to_async_credential
 from ._handle import CLOSE_TIMEOUT, Handle, check_timeout
 from ._portal import Portal
+from ._warm_links import WarmLinks, link_key
 from .receiver import ServiceBusReceiver
 from .sender import ServiceBusSender
 
@@ -73,6 +76,8 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         self._namespace = namespace
         self._entity = entity
         self._handles: weakref.WeakSet[Handle[Any]] = weakref.WeakSet()
+        self._handles_lock = threading.Lock()  # handles are made in caller threads, closed on the loop
+        self._warm: WarmLinks | None = None  # loop thread only
         # A client dropped without close() (and with no sender/receiver left) stops its loop.
         weakref.finalize(self, self._portal.abandon)
         self._build_now()
@@ -127,16 +132,36 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
 
     async def _aclose_all(self) -> None:
         # Links close concurrently: the SDK's own client.close() would close them one by one.
-        handles = [h for h in list(self._handles) if not h._closed]
+        with self._handles_lock:
+            handles = [h for h in self._handles if not h._closed]
         for handle in handles:
             handle._closed = True
         await asyncio.gather(*(h._aclose() for h in handles), return_exceptions=True)
+        if self._warm is not None and self._sdk_gen == self._portal.generation:
+            await asyncio.gather(*(sdk.close() for sdk in self._warm.drain()), return_exceptions=True)
         await self._aclose()
 
     # -- factories --------------------------------------------------------------------------
 
+    def _on_new_sdk(self) -> None:
+        if self._warm is not None:
+            self._portal.orphan(self._warm)  # a forked child must not reuse the parent's links
+        self._warm = WarmLinks()
+
+    def _warm_sender(self, key: Hashable | None) -> AsyncServiceBusSender | None:
+        """Loop thread: a parked sender link for ``key``, if any."""
+        self._sdk()  # a fork since the last call replaces the parked links
+        return self._warm.take(key) if self._warm is not None else None
+
+    def _park(self, key: Hashable | None, sdk: AsyncServiceBusSender) -> bool:
+        """Loop thread: keep a closed sender's idle link warm, unless the client is closing."""
+        if self._is_closed() or self._warm is None or self._sdk_gen != self._portal.generation:
+            return False
+        return self._warm.park(key, sdk)
+
     def _adopt(self, handle: Handle[Any]) -> None:
-        self._handles.add(handle)
+        with self._handles_lock:
+            self._handles.add(handle)
         handle._build_now()
 
     def get_queue_sender(
@@ -147,13 +172,17 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         socket_timeout: float | None = None,
         **kwargs: Any,
     ) -> ServiceBusSender:
-        """A sender for a queue. The link opens on first use (or ``with``)."""
+        """A sender for a queue. The link opens on first use (or ``with``), or is a warm one
+        a closed sender of this client left with the same arguments."""
+        key = link_key("queue", queue_name, client_identifier, socket_timeout, **kwargs)
         sender = ServiceBusSender(
             self,
-            lambda: self._sdk().get_queue_sender(
+            lambda: self._warm_sender(key)
+            or self._sdk().get_queue_sender(
                 queue_name, client_identifier=client_identifier, socket_timeout=socket_timeout, **kwargs
             ),
             entity=queue_name,
+            link_key=key,
         )
         self._adopt(sender)
         return sender
@@ -166,13 +195,17 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         socket_timeout: float | None = None,
         **kwargs: Any,
     ) -> ServiceBusSender:
-        """A sender for a topic. The link opens on first use (or ``with``)."""
+        """A sender for a topic. The link opens on first use (or ``with``), or is a warm one
+        a closed sender of this client left with the same arguments."""
+        key = link_key("topic", topic_name, client_identifier, socket_timeout, **kwargs)
         sender = ServiceBusSender(
             self,
-            lambda: self._sdk().get_topic_sender(
+            lambda: self._warm_sender(key)
+            or self._sdk().get_topic_sender(
                 topic_name, client_identifier=client_identifier, socket_timeout=socket_timeout, **kwargs
             ),
             entity=topic_name,
+            link_key=key,
         )
         self._adopt(sender)
         return sender

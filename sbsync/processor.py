@@ -88,16 +88,16 @@ class SessionProcessor:
         client: ServiceBusClient,
         *,
         handler: Handler,
-        queue_name: Optional[str] = None,
-        topic_name: Optional[str] = None,
-        subscription_name: Optional[str] = None,
+        queue_name: str | None = None,
+        topic_name: str | None = None,
+        subscription_name: str | None = None,
         max_concurrent_sessions: int = 8,
         session_idle_timeout: float = 5.0,
         max_lock_renewal_duration: float = 300.0,
         auto_complete: bool = True,
-        on_error: Optional[ErrorCallback] = None,
-        on_session_start: Optional[SessionCallback] = None,
-        on_session_close: Optional[SessionCallback] = None,
+        on_error: ErrorCallback | None = None,
+        on_session_start: SessionCallback | None = None,
+        on_session_close: SessionCallback | None = None,
     ) -> None:
         if (queue_name is None) == (topic_name is None):
             raise ValueError("Give either queue_name, or topic_name with subscription_name.")
@@ -138,7 +138,7 @@ class SessionProcessor:
             self._workers.append(worker)
             worker.start()
 
-    def stop(self, timeout: Optional[float] = 30.0) -> bool:
+    def stop(self, timeout: float | None = 30.0) -> bool:
         """Stop taking messages, let handlers finish the message in hand, release sessions.
 
         Returns True if every worker ended within ``timeout`` seconds.
@@ -251,10 +251,10 @@ class SessionProcessor:
             receiver.complete_message(message)
             self.stats.add("messages_completed")
 
-    def _lock_lost(self, renewable: Any, error: Optional[BaseException]) -> None:
+    def _lock_lost(self, renewable: Any, error: BaseException | None) -> None:
         _log.warning("lock lost on %r: %s", renewable, error)
 
-    def _report(self, exc: BaseException, context: Optional[SessionContext]) -> None:
+    def _report(self, exc: BaseException, context: SessionContext | None) -> None:
         if self._on_error is None:
             _log.error("SessionProcessor: %s", exc, exc_info=exc)
             return

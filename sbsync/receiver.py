@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiveMode
 from azure.servicebus.aio import ServiceBusReceiver as AsyncServiceBusReceiver
 
-from ._handle import Handle, check_timeout
+from ._handle import Handle, check_count, check_sequence_numbers, check_timeout, check_type
 from .exceptions import ClientClosedError
 from .session import ServiceBusSession
 
@@ -111,6 +111,7 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
         Threads sharing the receiver take turns; time spent waiting for one's turn counts
         against ``max_wait_time``, so the call still returns within it (give or take 10 ms).
         """
+        check_count(max_message_count, "max_message_count", optional=True)
         check_timeout(max_wait_time, "max_wait_time")
         wait = self._max_wait_time if max_wait_time is None else max_wait_time
         deadline = None if wait is None else time.monotonic() + wait
@@ -153,6 +154,8 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
         **kwargs: Any,
     ) -> list[ServiceBusReceivedMessage]:
         """Browse messages without locking them, from ``sequence_number`` on."""
+        check_count(max_message_count, "max_message_count")
+        check_type(sequence_number, int, "sequence_number")
         return self._run(
             "peek_messages",
             lambda r: r.peek_messages(max_message_count, sequence_number=sequence_number, timeout=timeout, **kwargs),
@@ -167,6 +170,7 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
         **kwargs: Any,
     ) -> list[ServiceBusReceivedMessage]:
         """Receive deferred messages by sequence number."""
+        check_sequence_numbers(sequence_numbers)
         messages = self._run(
             "receive_deferred_messages",
             lambda r: r.receive_deferred_messages(sequence_numbers, timeout=timeout, **kwargs),
@@ -212,6 +216,7 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
         **kwargs: Any,
     ) -> datetime.datetime:
         """Renew the message's lock; returns the new expiry (UTC)."""
+        check_type(message, ServiceBusReceivedMessage, "message")
         return self._run(
             "renew_message_lock",
             lambda r: r.renew_message_lock(message, timeout=timeout, **kwargs),

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Callable, Union
+from collections.abc import Hashable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Union, cast
 
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
 from azure.servicebus.aio import ServiceBusSender as AsyncServiceBusSender
 from azure.servicebus.amqp import AmqpAnnotatedMessage
 
 from ._group_send import SendGroup, groupable
-from ._handle import Handle
+from ._handle import Handle, check_count, check_sequence_numbers, check_type
 
 if TYPE_CHECKING:
     from .client import ServiceBusClient
@@ -42,10 +42,16 @@ class ServiceBusSender(Handle[AsyncServiceBusSender]):
     _guard_open = False  # every operation (and the group flusher) holds the "link" lane
 
     def __init__(
-        self, client: ServiceBusClient, build: Callable[[], AsyncServiceBusSender], *, entity: str
+        self,
+        client: ServiceBusClient,
+        build: Callable[[], AsyncServiceBusSender],
+        *,
+        entity: str,
+        link_key: Hashable | None,
     ) -> None:
         super().__init__(client._portal, build)
         self._client = client  # keeps the client (and its loop) alive while this is in use
+        self._link_key = link_key
         self._namespace = client.fully_qualified_namespace
         self._entity = entity
         self._group = SendGroup()
@@ -54,8 +60,14 @@ class ServiceBusSender(Handle[AsyncServiceBusSender]):
         self._group = SendGroup()
 
     async def _aclose(self) -> None:
-        self._group.cancel()
         await super()._aclose()
+        self._group.cancel()
+
+    async def _release(self, sdk: AsyncServiceBusSender, *, interrupted: bool) -> None:
+        # An idle link goes back to the client for the next sender (see _warm_links).
+        if interrupted or self._group.busy or not self._client._park(self._link_key, sdk):
+            self._group.cancel()
+            await sdk.close()
 
     def __repr__(self) -> str:
         closed = " closed" if self._is_closed() else ""
@@ -82,9 +94,10 @@ class ServiceBusSender(Handle[AsyncServiceBusSender]):
     ) -> None:
         """Send a message, a list of messages or a batch; returns once the broker accepted it."""
         if groupable(message, kwargs):
+            single = cast(ServiceBusMessage, message)
             self._run(
                 "send_messages",
-                lambda s: self._group.send(s, message, self._lane("link")),
+                lambda s: self._group.send(s, single, self._lane("link")),
                 timeout=timeout,
                 lane=None,
             )
@@ -100,6 +113,7 @@ class ServiceBusSender(Handle[AsyncServiceBusSender]):
         **kwargs: Any,
     ) -> list[int]:
         """Schedule messages for ``schedule_time_utc``; returns their sequence numbers."""
+        check_type(schedule_time_utc, datetime.datetime, "schedule_time_utc")
         return self._run(
             "schedule_messages",
             lambda s: s.schedule_messages(messages, schedule_time_utc, timeout=timeout, **kwargs),
@@ -114,6 +128,7 @@ class ServiceBusSender(Handle[AsyncServiceBusSender]):
         **kwargs: Any,
     ) -> None:
         """Cancel scheduled messages by sequence number."""
+        check_sequence_numbers(sequence_numbers)
         self._run(
             "cancel_scheduled_messages",
             lambda s: s.cancel_scheduled_messages(sequence_numbers, timeout=timeout, **kwargs),
@@ -124,6 +139,7 @@ class ServiceBusSender(Handle[AsyncServiceBusSender]):
         self, max_size_in_bytes: int | None = None, *, timeout: float | None = None
     ) -> ServiceBusMessageBatch:
         """An empty batch sized for this link (opens the link to learn its maximum)."""
+        check_count(max_size_in_bytes, "max_size_in_bytes", optional=True)
         return self._run(
             "create_message_batch", lambda s: s.create_message_batch(max_size_in_bytes), timeout=timeout
         )

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from azure.servicebus.exceptions import AutoLockRenewFailed, AutoLockRenewTimeout
 
+from ._handle import check_type
+
 if TYPE_CHECKING:
     from .receiver import ServiceBusReceiver
 
@@ -53,6 +55,7 @@ class ServiceBusSession:
         self, state: str | bytes | bytearray | None, *, timeout: float | None = None, **kwargs: Any
     ) -> None:
         """Replace the session state (None clears it)."""
+        check_type(state, (str, bytes, bytearray, type(None)), "state")
         self._receiver._run(
             "set_state", lambda r: r.session.set_state(state, timeout=timeout, **kwargs), timeout=timeout
         )

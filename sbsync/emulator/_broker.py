@@ -9,137 +9,33 @@ from __future__ import annotations
 
 import heapq
 import logging
-import struct
+import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from . import _codec as codec
 from ._config import EntityConfig
+from ._records import (
+    ACTIVE,
+    DEFERRED,
+    LOCK_LOST,
+    MESSAGE_NOT_FOUND,
+    NOT_ALLOWED,
+    NOT_FOUND,
+    SCHEDULED,
+    SESSION_CANNOT_BE_LOCKED,
+    SESSION_LOCK_LOST,
+    BrokerError,
+    EntityStats,
+    Session,
+    StoredMessage,
+)
 
 _LOG = logging.getLogger(__name__)
 
-ACTIVE, DEFERRED, SCHEDULED = 0, 1, 2  # x-opt-message-state values
-
 DLQ_SUFFIX = "/$deadletterqueue"
 TRANSFER_DLQ_SUFFIX = "/$transfer/$deadletterqueue"
-
-# error conditions (as the SDK maps them)
-NOT_FOUND = "amqp:not-found"
-NOT_ALLOWED = "amqp:not-allowed"
-LOCK_LOST = "com.microsoft:message-lock-lost"
-SESSION_LOCK_LOST = "com.microsoft:session-lock-lost"
-SESSION_CANNOT_BE_LOCKED = "com.microsoft:session-cannot-be-locked"
-MESSAGE_NOT_FOUND = "com.microsoft:message-not-found"
-ARGUMENT_ERROR = "com.microsoft:argument-error"
-TIMEOUT = "com.microsoft:timeout"
-SERVER_BUSY = "com.microsoft:server-busy"
-SIZE_EXCEEDED = "amqp:link:message-size-exceeded"
-
-
-class BrokerError(Exception):
-    """A failure the client should see as an AMQP error condition."""
-
-    def __init__(self, condition: str, description: str, status: int = 400) -> None:
-        super().__init__(description)
-        self.condition = condition
-        self.description = description
-        self.status = status
-
-
-@dataclass
-class EntityStats:
-    active: int = 0
-    locked: int = 0
-    scheduled: int = 0
-    deferred: int = 0
-    dead_letter: int = 0
-
-
-_K_ENQUEUED = codec.enc_symbol("x-opt-enqueued-time") + b"\x83"
-_K_SEQ = codec.enc_symbol("x-opt-sequence-number") + b"\x81"
-_K_ENQ_SEQ = codec.enc_symbol("x-opt-enqueue-sequence-number") + b"\x81"
-_K_LOCKED = codec.enc_symbol("x-opt-locked-until") + b"\x83"
-_K_STATE = codec.enc_symbol("x-opt-message-state")
-_OURS = frozenset(("x-opt-enqueued-time", "x-opt-sequence-number",
-                   "x-opt-enqueue-sequence-number", "x-opt-locked-until", "x-opt-message-state"))
-_pack_q = struct.Struct(">q").pack
-
-
-class StoredMessage:
-    """One message held by an entity: the bare message as sent plus broker state."""
-
-    __slots__ = ("annotations", "app_end", "app_start", "bare", "delivery_count", "durable",
-                 "enqueued_ms", "expires_ms", "holder", "lock_token", "locked_until_ms",
-                 "priority", "seq", "session_id", "state", "ttl_ms")
-
-    def __init__(self, parsed: codec.ParsedMessage, seq: int, now_ms: int) -> None:
-        self.seq = seq
-        self.durable = parsed.durable
-        self.priority = parsed.priority
-        self.ttl_ms = parsed.ttl_ms
-        self.annotations = parsed.annotations
-        self.bare = parsed.bare
-        self.app_start = parsed.app_start
-        self.app_end = parsed.app_end
-        self.session_id = parsed.group_id
-        self.enqueued_ms = now_ms
-        self.expires_ms: int | None = None
-        self.state = ACTIVE
-        self.delivery_count = 0
-        self.lock_token: uuid.UUID | None = None
-        self.locked_until_ms = 0
-        self.holder: Any = None
-
-    def annotation(self, key: str) -> Any:
-        for k, raw in self.annotations:
-            if k == key:
-                _, vpos = codec.decode(raw, 0)
-                return codec.decode(raw, vpos)[0]
-        return None
-
-    def set_app_props(self, extra: dict[str, Any]) -> None:
-        """Add or replace application properties (dead-letter reason and description)."""
-        old = self.bare[self.app_start:self.app_end]
-        kept = codec.map_entries(old, 3) if old else []
-        new = codec.encode_app_props(extra, kept)
-        if not old:  # no section yet: it goes after the properties section, if any
-            self.app_start = self.app_end = codec.properties_end(self.bare)
-        self.bare = self.bare[:self.app_start] + new + self.bare[self.app_end:]
-        self.app_end = self.app_start + len(new)
-
-    def encode(self, locked_until_ms: int | None = None) -> bytes:
-        """The message as delivered now: fresh header and broker annotations, bare message as
-        the sender wrote it."""
-        seq = _pack_q(self.seq)
-        ours = [_K_ENQUEUED, _pack_q(self.enqueued_ms), _K_SEQ, seq, _K_ENQ_SEQ, seq]
-        count = 3
-        if locked_until_ms is not None:
-            ours += (_K_LOCKED, _pack_q(locked_until_ms))
-            count += 1
-        if self.state != ACTIVE:
-            ours += (_K_STATE, codec.enc_value(self.state))
-            count += 1
-        dc = self.delivery_count
-        return b"".join((
-            codec.enc_header(self.durable, self.priority, self.ttl_ms, dc == 0, dc),
-            codec.encode_annotations(ours, count, self.annotations, _OURS),
-            self.bare))
-
-
-class Session:
-    """A message session of a session-enabled entity."""
-
-    __slots__ = ("holder", "id", "locked_until_ms", "ready", "state", "updated_ms")
-
-    def __init__(self, session_id: str) -> None:
-        self.id = session_id
-        self.ready: list[int] = []  # heap of sequence numbers
-        self.state: bytes | None = None
-        self.holder: Any = None
-        self.locked_until_ms = 0
-        self.updated_ms = 0
 
 
 class Entity:
@@ -327,6 +223,9 @@ class Entity:
                                      f"Message could not be consumed after {self.max_delivery} "
                                      "delivery attempts.")
                 return False
+        if msg.expires_ms is not None and msg.expires_ms <= time.time() * 1000:
+            self._expire(msg)  # it expired while locked: its expiry entry is already spent
+            return False
         if msg.state == ACTIVE:
             self._make_ready(msg)
             return True
@@ -386,12 +285,18 @@ class Entity:
         for msg in [m for m in self.locks.values() if m.holder is holder]:
             self._unlock(msg)
             back = self._return(msg, count) or back
-        for sess in self.sessions.values():
-            if sess.holder is holder:
-                sess.holder = None
-                sess.locked_until_ms = 0
-                back = back or bool(sess.ready)
+        for sess in [s for s in self.sessions.values() if s.holder is holder]:
+            sess.holder = None
+            sess.locked_until_ms = 0
+            back = back or bool(sess.ready)
+            self._forget_if_empty(sess)
         return back
+
+    def _forget_if_empty(self, sess: Session) -> None:
+        # an unlocked session without queued messages or state is re-created on demand;
+        # dropping it keeps memory bounded when session ids are many and short-lived
+        if not sess.ready and sess.state is None and sess.holder is None:
+            self.sessions.pop(sess.id, None)
 
     # ------------------------------------------------------------ sessions
 
@@ -456,20 +361,19 @@ class Entity:
         for msg in [m for m in self.locks.values() if m.session_id == sess.id]:
             self._unlock(msg)
             self._return(msg, True)
+        self._forget_if_empty(sess)
         return holder
 
     def list_sessions(self, since_ms: int | None) -> list[str]:
-        out = []
-        for sess in self.sessions.values():
-            has_msgs = any(m.session_id == sess.id for m in self.messages.values()) \
-                if not sess.ready else True
-            if since_ms is None:
-                if has_msgs:
-                    out.append(sess.id)
-            elif has_msgs or sess.state is not None:
-                if sess.updated_ms >= since_ms or since_ms == 0:
-                    out.append(sess.id)
-        return out
+        """Sessions with messages or state (``since_ms`` None), else those whose state was
+        set after ``since_ms``."""
+        if since_ms is not None:
+            return [sess.id for sess in self.sessions.values()
+                    if sess.state is not None and sess.updated_ms > since_ms]
+        found = dict.fromkeys(m.session_id for m in self.messages.values()
+                              if m.session_id is not None)
+        found.update((sess.id, None) for sess in self.sessions.values() if sess.state is not None)
+        return list(found)
 
     # ------------------------------------------------------------ browse / deferred
 
@@ -601,6 +505,10 @@ class Broker:
             self.entities[(cfg.topic or "").lower()].subscriptions.append(ent)
         _LOG.debug("created %r", ent)
         return ent
+
+    def find(self, path: str) -> Entity | None:
+        """The entity at ``path`` if it exists (never auto-creates)."""
+        return self.entities.get(path.strip("/").lower())
 
     def lookup(self, path: str) -> Entity:
         key = path.strip("/").lower()

@@ -9,10 +9,13 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from proton import UNDESCRIBED, Array, Data, Message, symbol, timestamp
 
 from . import _codec as codec
-from ._broker import ARGUMENT_ERROR, SERVER_BUSY, BrokerError, Entity, Session
+from ._broker import Entity
+from ._records import ARGUMENT_ERROR, SERVER_BUSY, BrokerError, Session
+from ._wire import now_ms
 
 if TYPE_CHECKING:
-    from ._amqp import Adapter, Consumer
+    from ._amqp import Adapter
+    from ._consumers import Consumer
 
 _LOG = logging.getLogger(__name__)
 _VENDOR = "com.microsoft:"
@@ -91,7 +94,7 @@ class Management:
         session = link.session
         address = link.remote_target.address or ""
         adapter = self.adapter
-        adapter._later(adapter.rules.delay_for(op),
+        adapter.later(adapter.rules.delay_for(op),
                        lambda: adapter.send_reply(session, address, response))
 
     def _dispatch(self, link: Any, op: str, body: Any, props: dict[str, Any]) -> Reply:
@@ -106,7 +109,7 @@ class Management:
         if not isinstance(body, dict):
             return 400, "The request body must be a map.", None, ARGUMENT_ERROR
         body = {_key(k): v for k, v in body.items()}
-        conn = adapter._conn(link)
+        conn = adapter.conn_of(link)
         holders: set[Any] = set(conn.consumers) if conn is not None else set()
         assoc = _str(props.get("associated-link-name"))
         owner = next((c for c in holders if c.name == assoc), None) if assoc else None
@@ -119,14 +122,12 @@ class Management:
             return 400, f"Malformed request: {exc!r}", None, ARGUMENT_ERROR
 
     def _session(self, entity: Entity, body: dict[str, Any], holders: set[Any]) -> Session:
-        from ._amqp import now_ms
         return entity.held_session(_str(body.get("session-id")), holders, now_ms())
 
     # ------------------------------------------------------------ message locks
 
     def _renew_lock(self, entity: Entity, body: dict[str, Any], holders: set[Any],
                     owner: Consumer | None) -> Reply:
-        from ._amqp import now_ms
         now = now_ms()
         tokens = [_uuid(t) for t in _elements(body["lock-tokens"])]
         expirations = [timestamp(entity.renew(t, now)) for t in tokens]
@@ -169,7 +170,6 @@ class Management:
 
     def _receive_by_seq(self, entity: Entity, body: dict[str, Any], holders: set[Any],
                         owner: Consumer | None) -> Reply:
-        from ._amqp import now_ms
         seqs = [int(s) for s in _elements(body["sequence-numbers"])]
         peek_lock = int(body.get("receiver-settle-mode", 1) or 0) != 0
         sess = self._session(entity, body, holders) if body.get("session-id") is not None \
@@ -186,7 +186,6 @@ class Management:
 
     def _schedule(self, entity: Entity, body: dict[str, Any], holders: set[Any],
                   owner: Consumer | None) -> Reply:
-        from ._amqp import now_ms
         now = now_ms()
         seqs = []
         for item in body["messages"]:
@@ -219,7 +218,6 @@ class Management:
 
     def _set_state(self, entity: Entity, body: dict[str, Any], holders: set[Any],
                    owner: Consumer | None) -> Reply:
-        from ._amqp import now_ms
         sess = self._session(entity, body, holders)
         state = body.get("session-state")
         if state is not None and not isinstance(state, (bytes, memoryview)):
@@ -230,7 +228,6 @@ class Management:
 
     def _renew_session(self, entity: Entity, body: dict[str, Any], holders: set[Any],
                        owner: Consumer | None) -> Reply:
-        from ._amqp import now_ms
         sess = self._session(entity, body, holders)
         until = entity.renew_session(sess, now_ms())
         return 200, "OK", {"expiration": timestamp(until)}, None

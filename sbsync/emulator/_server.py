@@ -1,20 +1,18 @@
-"""The ``Emulator``: a broker plus a proton reactor on a daemon thread."""
+"""The ``Emulator``: a broker plus the protocol loop on a daemon thread."""
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterable
-from concurrent.futures import Future
 from typing import Any, Callable, TypeVar
 
-from proton.reactor import ApplicationEvent, Container, EventInjector
-
 from ._amqp import Adapter
-from ._broker import Broker, EntityStats
+from ._broker import Broker
 from ._config import EntityConfig
 from ._faults import FaultRules, Faults
+from ._loop import Loop
+from ._records import EntityStats
 
 _LOG = logging.getLogger(__name__)
 
@@ -61,8 +59,7 @@ class Emulator:
         self._adapter = Adapter(self._broker, self._rules, key_name, key, max_message_size)
         self.faults = Faults(self._call, lambda: self._adapter, self._rules)
         self._thread: threading.Thread | None = None
-        self._container: Any = None
-        self._injector: EventInjector | None = None
+        self._loop: Loop | None = None
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
@@ -77,69 +74,42 @@ class Emulator:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> Emulator:
+        """Listen and serve on a daemon thread; returns once connections are accepted."""
         with self._lock:
             if self._thread is not None:
                 return self
-            ready: Future[None] = Future()
-            container = Container(self._adapter)
-            self._container = container
-            self._adapter.container = container
-            self._adapter.stopping = False
-            injector = EventInjector()
-            self._injector = injector
-            container.selectable(injector)
-
-            def run() -> None:
-                try:
-                    self._adapter.listen_addr = (self.host, self.port)
-                    self.port = self._adapter.listen()
-                    self._adapter.listen_addr = (self.host, self.port)
-                    container.schedule(0.05, self._adapter)
-                except BaseException as exc:
-                    ready.set_exception(exc)
-                    injector.close()
-                    return
-                ready.set_result(None)
-                try:
-                    container.run()
-                except Exception:  # the reactor died: log it, the thread ends
-                    _LOG.exception("emulator reactor failed")
-                finally:
-                    self._close_leftovers()
-
-            # listen() must run where the reactor runs, so the thread does both
-            thread = threading.Thread(target=run, name="sbsync-emulator",
+            loop = Loop(self._adapter)
+            self.port = self._adapter.start(loop, self.host, self.port)
+            thread = threading.Thread(target=self._run, args=(loop,), name="sbsync-emulator",
                                       daemon=True)
+            self._loop = loop
             self._thread = thread
             thread.start()
-            try:
-                ready.result(timeout=10)
-            except BaseException:
-                self._thread = None
-                thread.join(timeout=5)
-                raise
             _LOG.info("emulator listening on %s:%d", self.host, self.port)
             return self
 
+    @staticmethod
+    def _run(loop: Loop) -> None:
+        try:
+            loop.run()
+        except Exception:  # the loop died: log it, the thread ends
+            _LOG.exception("emulator loop failed")
+
     def stop(self, timeout: float = 5.0) -> None:
+        """Close every connection and the listener, and join the thread. Idempotent;
+        entities and messages are kept for a later ``start``."""
         with self._lock:
-            thread = self._thread
-            if thread is None:
+            thread, loop = self._thread, self._loop
+            if thread is None or loop is None:
                 return
-            try:
-                self._call(self._adapter.shutdown, timeout=timeout)
-            except Exception:  # already dead or wedged: joining below is all that is left
-                _LOG.debug("shutdown call failed", exc_info=True)
+            if thread.is_alive():
+                try:
+                    loop.call(self._adapter.shutdown, timeout)
+                except Exception:  # already ended or wedged: joining is all that is left
+                    _LOG.debug("shutdown call failed", exc_info=True)
             thread.join(timeout)
-            if self._injector is not None:
-                for fd in self._injector.pipe:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-                self._injector = None
             self._thread = None
-            self._container = None
+            self._loop = None
 
     def restart(self) -> Emulator:
         """Stop and start again on the same port, keeping all entities and messages."""
@@ -152,31 +122,32 @@ class Emulator:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    def _close_leftovers(self) -> None:
-        self._adapter.forget_all()
-        self._adapter.conns.clear()
-        self._adapter.acceptor = None
-        self._adapter.close_sockets()
-
     # ------------------------------------------------------------ cross-thread
 
     def _call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
-        """Run ``fn`` inside the reactor thread and return its result."""
-        if self._thread is None or self._injector is None:
+        """Run ``fn`` on the loop thread (or here when not running) and return its result."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
             with self._lock:  # not running: only callers like this one touch the broker
                 return fn()
-        if threading.current_thread() is self._thread:
+        if threading.current_thread() is thread:
             return fn()
-        done: Future[T] = Future()
-        self._adapter.calls.append((fn, done))
-        self._injector.trigger(ApplicationEvent("emu_call"))
-        return done.result(timeout)
+        return loop.call(fn, timeout)
 
     # ------------------------------------------------------------ inspection
 
     def stats(self, entity_path: str) -> EntityStats:
-        return self._call(lambda: self._broker.lookup(entity_path).stats())
+        """Message counts of an entity (``queue``, ``topic/Subscriptions/sub``); any thread."""
+        def snapshot() -> EntityStats:
+            entity = self._broker.find(entity_path)
+            if entity is None:
+                raise KeyError(f"no entity {entity_path!r}")
+            return entity.stats()
+        return self._call(snapshot)
 
     def create_entity(self, config: EntityConfig) -> None:
-        self._call(lambda: self._broker.create(config))
+        """Add a queue, topic or subscription (no-op if its path exists); any thread."""
+        def create() -> None:
+            self._broker.create(config)
+        self._call(create)
 

@@ -2,7 +2,7 @@
 
 Every behaviour test drives the unmodified azure-servicebus SDK twice: through its sync API
 and through ``azure.servicebus.aio``. The ``sdk`` fixture gives either the real sync client or
-``Blocking``, a thin harness that runs each aio coroutine to completion on the test's own
+``Blocking``, a thin harness that runs each aio coroutine to completion on the module's own
 event loop, so one test body covers both without pytest-asyncio. Nothing between the SDK and
 the emulator is faked.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ class Blocking:
     Attribute access and calls are forwarded; awaitable results are awaited; aio objects
     (receivers, senders, sessions) come back wrapped; async iterables (paged session lists)
     come back as lists; ``with`` maps to ``async with``. Exceptions are the SDK's own.
+    Only what the suite uses is mapped (no ``async for`` over a receiver, for one).
     """
 
     def __init__(self, target: Any, loop: asyncio.AbstractEventLoop) -> None:
@@ -68,23 +70,12 @@ class Blocking:
             return call
         return self._result(value)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._target, name, value)
-
     def __enter__(self) -> Blocking:
         self._loop.run_until_complete(_await(self._target.__aenter__()))
         return self
 
     def __exit__(self, *exc_info: Any) -> Any:
         return self._loop.run_until_complete(_await(self._target.__aexit__(*exc_info)))
-
-    def __iter__(self) -> Iterator[Any]:
-        iterator = self._target.__aiter__()
-        while True:
-            try:
-                yield self._loop.run_until_complete(_await(iterator.__anext__()))
-            except StopAsyncIteration:
-                return
 
 
 async def _await(awaitable: Any) -> Any:
@@ -99,25 +90,27 @@ async def _collect(iterable: Any) -> list[Any]:
     return [item async for item in iterable]
 
 
+def _close_quietly(handler: Any) -> None:
+    try:
+        handler.close()
+    except Exception:
+        logging.getLogger(__name__).debug("closing %r failed", handler, exc_info=True)
+
+
 def _unwrap(value: Any) -> Any:
     return object.__getattribute__(value, "_target") if isinstance(value, Blocking) else value
 
 
 class Sdk:
-    """One flavour of the SDK for one test; every client it made is closed at teardown."""
+    """One flavour of the SDK for one test module; it closes every link and client it made."""
 
     def __init__(self, flavor: str) -> None:
-        self.flavor = flavor
         self.loop: asyncio.AbstractEventLoop | None = None
         if flavor == "aio":
             self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
         self._clients: list[Any] = []
         self._handlers: list[Any] = []
-
-    @property
-    def is_aio(self) -> bool:
-        return self.loop is not None
 
     def client(self, conn_str: str, **kwargs: Any) -> Any:
         """A ``ServiceBusClient`` (sync, or aio behind ``Blocking``) for a connection string."""
@@ -158,11 +151,42 @@ class Sdk:
         self._handlers.extend(handlers)
         return handlers[0] if len(handlers) == 1 else handlers
 
+    def open_failures(self, *handlers: Any) -> list[BaseException | None]:
+        """Try to open handlers concurrently; return each one's exception (None if it opened).
+
+        For error cases: a refused open costs the SDK ~1 s, so refusals are awaited together.
+        """
+        if self.loop is None:
+
+            def attempt(handler: Any) -> BaseException | None:
+                try:
+                    handler.__enter__()
+                except Exception as exc:
+                    return exc
+                self._handlers.append(handler)
+                return None
+
+            with ThreadPoolExecutor(len(handlers)) as pool:
+                return list(pool.map(attempt, handlers))
+        targets = [_unwrap(h) for h in handlers]
+        results = self.loop.run_until_complete(
+            _gather(*(t.__aenter__() for t in targets), return_exceptions=True)
+        )
+        outcomes: list[BaseException | None] = []
+        for handler, result in zip(handlers, results):
+            if isinstance(result, BaseException):
+                outcomes.append(result)
+            else:
+                self._handlers.append(handler)
+                outcomes.append(None)
+        return outcomes
+
     def close(self) -> None:
         if self._handlers:
             if self.loop is None:
                 with ThreadPoolExecutor(len(self._handlers)) as pool:
-                    list(pool.map(lambda h: h.close(), self._handlers))
+                    # Closing is best effort: a link may belong to an emulator already gone.
+                    list(pool.map(_close_quietly, self._handlers))
             else:
                 targets = [_unwrap(h) for h in self._handlers]
                 self.loop.run_until_complete(

@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusReceiveMode
@@ -58,6 +60,17 @@ def _stop(proc: subprocess.Popen[str], sig: int) -> tuple[int, float, str]:
     return proc.returncode, time.monotonic() - started, stderr
 
 
+def _open_all(*handlers: Any) -> list[Any]:
+    with ThreadPoolExecutor(len(handlers)) as pool:
+        list(pool.map(lambda h: h.__enter__(), handlers))
+    return list(handlers)
+
+
+def _close_all(handlers: list[Any]) -> None:
+    with ThreadPoolExecutor(len(handlers)) as pool:
+        list(pool.map(lambda h: h.close(), handlers))
+
+
 @pytest.fixture
 def spawned() -> Iterator[list[subprocess.Popen[str]]]:
     """Processes a test started; any still running at teardown are killed."""
@@ -97,38 +110,52 @@ def test_serves_the_sdk_and_stops_on_sigterm(
     assert conn_str.startswith("Endpoint=sb://127.0.0.1:")
     assert "UseDevelopmentEmulator=true" in conn_str
     with ServiceBusClient.from_connection_string(conn_str, retry_total=0) as client:
-        for queue in ("jobs", "from-config"):
-            with client.get_queue_sender(queue) as sender:
-                sender.send_messages(ServiceBusMessage(f"to {queue}"))
-            with client.get_queue_receiver(queue) as receiver:
+        # Links open and close side by side: each costs the SDK ~0.5 s of polling.
+        senders = _open_all(
+            client.get_queue_sender("jobs"),
+            client.get_queue_sender("from-config"),
+            client.get_topic_sender("events"),
+            client.get_queue_sender("orders"),
+        )
+        jobs, from_config, events, orders = senders
+        jobs.send_messages(ServiceBusMessage("to jobs"))
+        from_config.send_messages(ServiceBusMessage("to from-config"))
+        events.send_messages(ServiceBusMessage("event"))
+        orders.send_messages(ServiceBusMessage("o", session_id="s1"))
+        receivers = _open_all(
+            client.get_queue_receiver("jobs"),
+            client.get_queue_receiver("from-config"),
+            client.get_subscription_receiver(
+                "events", "audit", receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE
+            ),
+            client.get_queue_receiver("orders", session_id="s1"),
+        )
+        try:
+            for queue, receiver in zip(("jobs", "from-config"), receivers):
                 [msg] = receive(receiver, 1)
                 assert str(msg) == f"to {queue}"
                 # --lock-duration 5 is applied.
                 left = (msg.locked_until_utc - msg.enqueued_time_utc).total_seconds()
                 assert 3 < left < 7
                 receiver.complete_message(msg)
-        with client.get_topic_sender("events") as sender:
-            sender.send_messages(ServiceBusMessage("event"))
-        with client.get_subscription_receiver(
-            "events", "audit", receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE
-        ) as receiver:
-            assert [str(m) for m in receive(receiver, 1)] == ["event"]
-        with client.get_queue_sender("orders") as sender:
-            sender.send_messages(ServiceBusMessage("o", session_id="s1"))
-        with client.get_queue_receiver("orders", session_id="s1") as receiver:
-            [msg] = receive(receiver, 1)
-            receiver.complete_message(msg)
-        with pytest.raises(MessagingEntityNotFoundError):  # no --auto-create
-            with client.get_queue_sender("unknown") as sender:
-                sender.send_messages(ServiceBusMessage("x"))
+            assert [str(m) for m in receive(receivers[2], 1)] == ["event"]
+            [order] = receive(receivers[3], 1)
+            receivers[3].complete_message(order)
+            with pytest.raises(MessagingEntityNotFoundError):  # no --auto-create
+                with client.get_queue_sender("unknown") as sender:
+                    sender.send_messages(ServiceBusMessage("x"))
+        finally:
+            _close_all(senders + receivers)
     code, took, stderr = _stop(proc, signal.SIGTERM)
     assert code == 0, stderr
     assert took < 5
     assert "Traceback" not in stderr
+    assert "listening on 127.0.0.1:" in stderr
+    assert " DEBUG " not in stderr  # no -v
 
 
 def test_auto_create_and_sigint(spawned: list[subprocess.Popen[str]]) -> None:
-    proc = _spawn("--port", "0", "--auto-create", "--key-name", "dev", "--key", "k3y")
+    proc = _spawn("--port", "0", "--auto-create", "--key-name", "dev", "--key", "k3y", "-v")
     spawned.append(proc)
     conn_str = _first_line(proc)
     assert "SharedAccessKeyName=dev" in conn_str
@@ -138,6 +165,8 @@ def test_auto_create_and_sigint(spawned: list[subprocess.Popen[str]]) -> None:
     code, took, stderr = _stop(proc, signal.SIGINT)
     assert (code, "Traceback" in stderr) == (0, False), stderr
     assert took < 5
+    assert " DEBUG " in stderr  # -v
+    assert "k3y" not in stderr  # the key is never logged
 
 
 @pytest.mark.parametrize(

@@ -305,7 +305,7 @@ def test_raw_protocol_errors(emu: Emulator) -> None:
     import uuid
 
     from azure.servicebus._pyamqp.utils import generate_sas_token
-    from proton import Message
+    from proton import Delivery, Message
     from proton.utils import BlockingConnection, LinkDetached
 
     conn = BlockingConnection(f"amqp://{emu.host}:{emu.port}", allowed_mechs="ANONYMOUS",
@@ -330,15 +330,33 @@ def test_raw_protocol_errors(emu: Emulator) -> None:
         reply = call(cbs_s, cbs_r, Message(body=good, properties={
             "operation": "put-token", "type": "jwt", "name": audience}))
         assert reply.properties["status-code"] == 200
+        # a transfer that is not an AMQP message is rejected, the link stays usable
+        sender = conn.create_sender(f"amqps://{emu.host}:{emu.port}/q")
+        dlv = sender.link.delivery("garbage")
+        sender.link.send(b"\x00\x53\x77\xa1\xff")
+        sender.link.advance()
+        conn.wait(lambda: dlv.remote_state != 0, msg="no outcome")
+        assert dlv.remote_state == Delivery.REJECTED
+        sender.send(Message(body="fine"))
+        assert emu.stats("q").active == 1
         ms, mr = conn.create_sender("q/$management"), conn.create_receiver("q/$management")
         cases = [("com.microsoft:bogus", {}, 501),
                  ("com.microsoft:renew-lock", {"lock-tokens": "garbage"}, 400),
                  ("com.microsoft:renew-lock", "not a map", 400),
                  ("com.microsoft:renew-lock", {"lock-tokens": [uuid.uuid4()]}, 410),
                  ("com.microsoft:peek-message", {"from-sequence-number": 1,
-                                                 "message-count": 5}, 204)]
+                                                 "message-count": 5}, 200)]
         for op, body, status in cases:
             reply = call(ms, mr, Message(body=body, properties={"operation": op}))
             assert reply.properties["statusCode"] == status, op
     finally:
         conn.close()
+
+
+def test_client_vanishing_mid_frame(client: ServiceBusClient, emu: Emulator) -> None:
+    for payload in (b"AMQP\x03\x01\x00\x00\x00\x00\x00\x40\x02\x01",  # SASL header + half a frame
+                    b"AMQP\x00\x01\x00\x00\x00\x00\x01\x00"):
+        with socket.create_connection((emu.host, emu.port)) as sock:
+            sock.sendall(payload)
+    _send(client, "q", ServiceBusMessage("still serving"))
+    assert emu.stats("q").active == 1

@@ -28,9 +28,12 @@ pytestmark = pytest.mark.timeout(60)
 MAX_SIZE = 64 * 1024
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def strict() -> Iterator[Emulator]:
-    """An emulator that creates nothing on demand and takes small messages only."""
+    """An emulator that creates nothing on demand and takes small messages only.
+
+    Autouse, so it is set up before (and stopped after) the module's ``sdk`` links.
+    """
     emulator = Emulator(
         port=0,
         queues=["known"],
@@ -57,111 +60,111 @@ def sas_token(
     )
 
 
-def _round_trip(client: Any, queue: str, body: str) -> None:
-    with client.get_queue_sender(queue) as sender:
-        sender.send_messages(ServiceBusMessage(body))
-    with client.get_queue_receiver(
-        queue, receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE
-    ) as receiver:
-        assert [str(m) for m in receive(receiver, 1)] == [body]
+def _round_trip(sdk: Sdk, client: Any, queue: str, body: str) -> None:
+    sender, receiver = sdk.open(
+        client.get_queue_sender(queue),
+        client.get_queue_receiver(queue, receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE),
+    )
+    sender.send_messages(ServiceBusMessage(body))
+    assert [str(m) for m in receive(receiver, 1)] == [body]
 
 
-@pytest.mark.parametrize(
-    ("key_name", "key"),
-    [(DEFAULT_KEY_NAME, "wrong-key"), ("SomeOtherPolicy", DEFAULT_KEY)],
-    ids=["wrong-key", "wrong-key-name"],
-)
-def test_wrong_key_is_refused(strict: Emulator, sdk: Sdk, key_name: str, key: str) -> None:
-    conn_str = (
-        f"Endpoint=sb://{strict.host}:{strict.port};SharedAccessKeyName={key_name};"
+def _conn_str(emulator: Emulator, key_name: str, key: str) -> str:
+    return (
+        f"Endpoint=sb://{emulator.host}:{emulator.port};SharedAccessKeyName={key_name};"
         f"SharedAccessKey={key};UseDevelopmentEmulator=true"
     )
-    client = sdk.client(conn_str, retry_total=0)
-    with pytest.raises(ServiceBusAuthenticationError):
-        with client.get_queue_sender("known") as sender:
-            sender.send_messages(ServiceBusMessage("x"))
-    with pytest.raises(ServiceBusAuthenticationError):
-        with client.get_queue_receiver("known") as receiver:
-            receiver.receive_messages(max_message_count=1, max_wait_time=1)
-    assert strict.stats("known").active == 0
+
+
+def _refusals(sdk: Sdk, *handlers: Any) -> list[type]:
+    return [type(exc) for exc in sdk.open_failures(*handlers)]
+
+
+def test_wrong_key_is_refused(strict: Emulator, sdk: Sdk) -> None:
+    wrong_key = sdk.client(_conn_str(strict, DEFAULT_KEY_NAME, "wrong-key"), retry_total=0)
+    wrong_name = sdk.client(_conn_str(strict, "SomeOtherPolicy", DEFAULT_KEY), retry_total=0)
+    assert (
+        _refusals(
+            sdk,
+            wrong_key.get_queue_sender("known"),
+            wrong_key.get_queue_receiver("known"),
+            wrong_name.get_queue_sender("known"),
+            wrong_name.get_subscription_receiver("news", "all"),
+        )
+        == [ServiceBusAuthenticationError] * 4
+    )
 
 
 def test_custom_key_emulator(sdk: Sdk, servicebus_emulator_factory: Any) -> None:
     emulator = servicebus_emulator_factory(queues=["q"], key_name="app", key="s3cret")
     assert "SharedAccessKeyName=app" in emulator.connection_string
-    _round_trip(sdk.client(emulator.connection_string), "q", "custom key")
-    default_conn_str = emulator.connection_string.replace("app", DEFAULT_KEY_NAME).replace(
-        "s3cret", DEFAULT_KEY
-    )
-    with pytest.raises(ServiceBusAuthenticationError):
-        with sdk.client(default_conn_str, retry_total=0).get_queue_sender("q") as sender:
-            sender.send_messages(ServiceBusMessage("x"))
+    default_key = sdk.client(_conn_str(emulator, DEFAULT_KEY_NAME, DEFAULT_KEY), retry_total=0)
+    assert _refusals(sdk, default_key.get_queue_sender("q")) == [ServiceBusAuthenticationError]
+    _round_trip(sdk, sdk.client(emulator.connection_string), "q", "custom key")
 
 
-def test_sas_credential(strict: Emulator, sdk: Sdk) -> None:
+def test_sas_and_named_key_credentials(strict: Emulator, sdk: Sdk) -> None:
     namespace = f"sb://{strict.host}:{strict.port}/"
     valid = sas_token(namespace, int(time.time()) + 3600)
-    _round_trip(sdk.credential_client(strict, AzureSasCredential(valid)), "known", "sas ok")
+    _round_trip(sdk, sdk.credential_client(strict, AzureSasCredential(valid)), "known", "sas")
+    named = AzureNamedKeyCredential(DEFAULT_KEY_NAME, DEFAULT_KEY)
+    _round_trip(sdk, sdk.credential_client(strict, named), "known", "named key")
 
 
-def test_expired_sas_credential_is_refused(strict: Emulator, sdk: Sdk) -> None:
+def test_sas_refusals(strict: Emulator, sdk: Sdk) -> None:
     namespace = f"sb://{strict.host}:{strict.port}/"
-    expired = sas_token(namespace, int(time.time()) - 60)
-    client = sdk.credential_client(strict, AzureSasCredential(expired), retry_total=0)
-    with pytest.raises(ServiceBusAuthenticationError):
-        with client.get_queue_sender("known") as sender:
-            sender.send_messages(ServiceBusMessage("x"))
-
-
-def test_sas_for_another_entity_is_refused(strict: Emulator, sdk: Sdk) -> None:
-    other = f"sb://{strict.host}:{strict.port}/news"
-    token = sas_token(other, int(time.time()) + 3600)
-    client = sdk.credential_client(strict, AzureSasCredential(token), retry_total=0)
-    with pytest.raises(ServiceBusAuthenticationError):
-        with client.get_queue_sender("known") as sender:
-            sender.send_messages(ServiceBusMessage("x"))
-    with client.get_topic_sender("news") as sender:  # the entity it names is fine
-        sender.send_messages(ServiceBusMessage("y"))
-    with client.get_subscription_receiver(
-        "news", "all", receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE
-    ) as receiver:  # a token for a topic covers its subscriptions
-        assert [str(m) for m in receive(receiver, 1)] == ["y"]
-
-
-def test_named_key_credential(strict: Emulator, sdk: Sdk) -> None:
-    credential = AzureNamedKeyCredential(DEFAULT_KEY_NAME, DEFAULT_KEY)
-    _round_trip(sdk.credential_client(strict, credential), "known", "named key ok")
+    expired = sdk.credential_client(
+        strict, AzureSasCredential(sas_token(namespace, int(time.time()) - 60)), retry_total=0
+    )
+    other_token = sas_token(namespace + "news", int(time.time()) + 3600)
+    other = sdk.credential_client(strict, AzureSasCredential(other_token), retry_total=0)
+    assert (
+        _refusals(
+            sdk,
+            expired.get_queue_sender("known"),
+            other.get_queue_sender("known"),  # a token for another entity
+        )
+        == [ServiceBusAuthenticationError] * 2
+    )
+    # The entity the token names is fine, and so are its subscriptions.
+    sender, receiver = sdk.open(
+        other.get_topic_sender("news"),
+        other.get_subscription_receiver(
+            "news", "all", receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE
+        ),
+    )
+    sender.send_messages(ServiceBusMessage("y"))
+    assert [str(m) for m in receive(receiver, 1)] == ["y"]
 
 
 def test_unknown_entity(strict: Emulator, sdk: Sdk) -> None:
     client = sdk.client(strict.connection_string, retry_total=0)
-    with pytest.raises(MessagingEntityNotFoundError):
-        with client.get_queue_sender("missing") as sender:
-            sender.send_messages(ServiceBusMessage("x"))
-    with pytest.raises(MessagingEntityNotFoundError):
-        with client.get_queue_receiver("missing") as receiver:
-            receiver.receive_messages(max_message_count=1, max_wait_time=1)
-    with pytest.raises(MessagingEntityNotFoundError):
-        with client.get_subscription_receiver("news", "missing") as receiver:
-            receiver.receive_messages(max_message_count=1, max_wait_time=1)
-    with pytest.raises(MessagingEntityNotFoundError):
-        with client.get_topic_sender("missing-topic") as sender:
-            sender.send_messages(ServiceBusMessage("x"))
+    assert (
+        _refusals(
+            sdk,
+            client.get_queue_sender("missing"),
+            client.get_queue_receiver("missing"),
+            client.get_subscription_receiver("news", "missing"),
+            client.get_topic_sender("missing-topic"),
+            client.get_queue_receiver("missing", session_id="s"),
+        )
+        == [MessagingEntityNotFoundError] * 5
+    )
 
 
 def test_oversize_message(strict: Emulator, sdk: Sdk) -> None:
     client = sdk.client(strict.connection_string, retry_total=0)
-    with client.get_queue_sender("known") as sender:
-        with pytest.raises(MessageSizeExceededError):
-            sender.send_messages(ServiceBusMessage(b"x" * (MAX_SIZE + 1024)))
-        # A batch's own limit is the SDK's (256 KB): the emulator refuses the transfer.
-        batch = sender.create_message_batch()
-        batch.add_message(ServiceBusMessage(b"x" * (MAX_SIZE + 1024)))
-        with pytest.raises(MessageSizeExceededError):
-            sender.send_messages(batch)
-        sender.send_messages(ServiceBusMessage(b"x" * (MAX_SIZE // 2)))  # still usable
-    with client.get_queue_receiver(
-        "known", receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE
-    ) as receiver:
-        [got] = receive(receiver, 1)
-        assert len(b"".join(got.body)) == MAX_SIZE // 2
+    sender, receiver = sdk.open(
+        client.get_queue_sender("known"),
+        client.get_queue_receiver("known", receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE),
+    )
+    with pytest.raises(MessageSizeExceededError):
+        sender.send_messages(ServiceBusMessage(b"x" * (MAX_SIZE + 1024)))
+    # A batch's own limit is the SDK's (256 KB): the emulator refuses the transfer.
+    batch = sender.create_message_batch()
+    batch.add_message(ServiceBusMessage(b"x" * (MAX_SIZE + 1024)))
+    with pytest.raises(MessageSizeExceededError):
+        sender.send_messages(batch)
+    sender.send_messages(ServiceBusMessage(b"x" * (MAX_SIZE // 2)))  # the link still works
+    [got] = receive(receiver, 1)
+    assert len(b"".join(got.body)) == MAX_SIZE // 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from azure.servicebus import (
     ServiceBusClient,
     ServiceBusMessage,
     ServiceBusReceiveMode,
+    ServiceBusSubQueue,
 )
 from azure.servicebus.exceptions import (
     OperationTimeoutError,
@@ -58,20 +60,21 @@ def test_exclusive_lock_and_state_across_receivers(
     emulator: Any, sdk: Sdk, client: Any, no_retry: Any
 ) -> None:
     queue = new_queue(emulator, requires_session=True)
-    sender, other = sdk.open(
-        client.get_queue_sender(queue), client.get_queue_receiver(queue, session_id="other")
+    sender, other, holder = sdk.open(
+        client.get_queue_sender(queue),
+        client.get_queue_receiver(queue, session_id="other"),
+        client.get_queue_receiver(queue, session_id="s"),
     )
     sender.send_messages(_messages([("s", "one"), ("s", "two")]))
-    with client.get_queue_receiver(queue, session_id="s") as holder:
-        assert holder.session.get_state() is None
-        holder.session.set_state(b"\x00step-1\xff")
-        assert holder.session.get_state() == b"\x00step-1\xff"
-        holder.session.set_state("text state")  # str is stored as UTF-8
-        [one] = receive(holder, 1)
-        with pytest.raises(SessionCannotBeLockedError):
-            with no_retry.get_queue_receiver(queue, session_id="s") as rival:
-                rival.receive_messages(max_message_count=1, max_wait_time=1)
-        holder.complete_message(one)
+    assert holder.session.get_state() is None
+    holder.session.set_state(b"\x00step-1\xff")
+    assert holder.session.get_state() == b"\x00step-1\xff"
+    holder.session.set_state("text state")  # str is stored as UTF-8
+    [one] = receive(holder, 1)
+    [refused] = sdk.open_failures(no_retry.get_queue_receiver(queue, session_id="s"))
+    assert isinstance(refused, SessionCannotBeLockedError)
+    holder.complete_message(one)
+    holder.close()
     # Closing the receiver released the session at once; its state stayed.
     next_holder = sdk.open(client.get_queue_receiver(queue, session_id="s"))
     assert next_holder.session.get_state() == b"text state"
@@ -100,11 +103,10 @@ def test_next_available_session(emulator: Any, sdk: Sdk, client: Any, no_retry: 
     # Every session with messages is taken: a third receiver waits, then gives up.
     sender.send_messages(ServiceBusMessage("x2", session_id="x"))
     started = time.monotonic()
-    with pytest.raises(OperationTimeoutError):
-        with no_retry.get_queue_receiver(
-            queue, session_id=NEXT_AVAILABLE_SESSION, max_wait_time=1
-        ) as third:
-            third.receive_messages(max_message_count=1, max_wait_time=1)
+    [refused] = sdk.open_failures(
+        no_retry.get_queue_receiver(queue, session_id=NEXT_AVAILABLE_SESSION, max_wait_time=1)
+    )
+    assert isinstance(refused, OperationTimeoutError)
     assert 0.8 < time.monotonic() - started < 8
 
 
@@ -153,9 +155,8 @@ def test_session_lock_renewal_and_expiry(
         assert until == renewed.session.locked_until_utc
     assert renewed.session.locked_until_utc > first_until
     # The renewed session is still exclusively ours ...
-    with pytest.raises(SessionCannotBeLockedError):
-        with no_retry.get_queue_receiver(queue, session_id="kept") as rival:
-            rival.receive_messages(max_message_count=1, max_wait_time=1)
+    [refused] = sdk.open_failures(no_retry.get_queue_receiver(queue, session_id="kept"))
+    assert isinstance(refused, SessionCannotBeLockedError)
     [kept_msg] = receive(renewed, 1)
     renewed.complete_message(kept_msg)
     # ... the lapsed one is free: a new receiver takes it, and the message with it.
@@ -221,14 +222,40 @@ def test_session_subscription(emulator: Any, sdk: Sdk, client: Any) -> None:
 
 def test_session_entity_refusals(emulator: Any, sdk: Sdk, client: Any) -> None:
     queue = new_queue(emulator, requires_session=True)
-    sender = sdk.open(client.get_queue_sender(queue))
-    # A message without a session id cannot go to a session-enabled entity ...
+    # A receiver without a session cannot take anything from a session-enabled entity ...
+    sender = client.get_queue_sender(queue)
+    opened, refused = sdk.open_failures(sender, client.get_queue_receiver(queue))
+    assert opened is None
+    assert isinstance(refused, ServiceBusError)
+    # ... nor can a message without a session id go to it.
     with pytest.raises(ServiceBusError):
         sender.send_messages(ServiceBusMessage("no session"))
     sender.send_messages(ServiceBusMessage("ok", session_id="s"))  # the link still works
-    assert emulator.stats(queue).active == 1
-    # ... nor can a receiver without a session take anything from it.
-    with pytest.raises(ServiceBusError):
-        with client.get_queue_receiver(queue) as receiver:
-            receiver.receive_messages(max_message_count=1, max_wait_time=1)
     assert wait_for(lambda: emulator.stats(queue).active == 1)
+
+
+def test_session_schedule_abandon_and_dead_letter(emulator: Any, sdk: Sdk, client: Any) -> None:
+    queue = new_queue(emulator, requires_session=True)
+    sender, receiver, dlq = sdk.open(
+        client.get_queue_sender(queue),
+        client.get_queue_receiver(queue, session_id="s"),
+        # The dead-letter queue of a session-enabled entity is not itself session-enabled.
+        client.get_queue_receiver(queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER),
+    )
+    sender.send_messages(ServiceBusMessage("now", session_id="s"))
+    soon = datetime.now(timezone.utc) + timedelta(seconds=1)
+    sender.schedule_messages(ServiceBusMessage("scheduled", session_id="s"), soon)
+    assert emulator.stats(queue).scheduled == 1
+    [now] = receive(receiver, 1)
+    receiver.abandon_message(now)  # back to the session, one delivery counted
+    [again] = receive(receiver, 1)
+    assert (str(again), again.delivery_count) == ("now", 1)
+    receiver.dead_letter_message(again, reason="r", error_description="d")
+    [scheduled] = receive(receiver, 1, timeout=5)
+    assert (str(scheduled), scheduled.session_id) == ("scheduled", "s")
+    receiver.complete_message(scheduled)
+    [dead] = receive(dlq, 1)
+    assert (str(dead), dead.session_id, dead.dead_letter_reason) == ("now", "s", "r")
+    dlq.complete_message(dead)
+    stats = emulator.stats(queue)
+    assert (stats.active, stats.scheduled, stats.dead_letter) == (0, 0, 0)

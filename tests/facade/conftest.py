@@ -39,6 +39,7 @@ def emulator() -> Iterator[Emulator]:
         session_queues=SESSION_QUEUES,
         topics=[TOPIC],
         subscriptions=[f"{TOPIC}/{SUBSCRIPTION}"],
+        session_subscriptions=[f"{TOPIC}/{SUBSCRIPTION}-sessions"],
     )
     emu.start()
     try:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
 
 import pytest
 
+import sbsync
 from sbsync import NEXT_AVAILABLE_SESSION, ServiceBusMessage, ServiceBusReceiveMode
 from sbsync.exceptions import ClientClosedError, MessageSizeExceededError
 
@@ -32,7 +34,8 @@ def _in_threads(n, target):
     assert errors == []
 
 
-def test_16_threads_share_one_sender(client, queue):
+def test_16_threads_share_one_sender(client, queue, caplog):
+    caplog.set_level(logging.DEBUG, logger="sbsync._group_send")
     per_thread = 25
     with client.get_queue_sender(queue) as sender:
 
@@ -54,6 +57,8 @@ def test_16_threads_share_one_sender(client, queue):
         seen.update(str(m) for m in receiver.receive_messages(100, max_wait_time=0.5))
     assert set(seen) == expected
     assert max(seen.values()) == 1  # every message arrived exactly once
+    grouped = [r for r in caplog.records if r.name == "sbsync._group_send"]
+    assert grouped, "concurrent sends never travelled together (group commit)"
 
 
 def test_8_threads_share_one_receiver(client, queue):
@@ -164,3 +169,25 @@ def test_grouped_sends_keep_sessions_apart(client):
                 got += batch
         assert {m.session_id for m in got} == {session_id}
         assert sorted(str(m) for m in got) == sorted(f"{t}-{i}" for t in range(8) if f"g{t % 2}" == session_id for i in range(10))
+
+
+def test_client_close_from_another_thread_unblocks_receive(conn_str, queue):
+    client = sbsync.ServiceBusClient.from_connection_string(conn_str)
+    receiver = client.get_queue_receiver(queue)
+    receiver.peek_messages(1)
+    outcome = []
+    t = threading.Thread(target=lambda: outcome.append(_outcome(lambda: receiver.receive_messages(max_wait_time=30))))
+    t.start()
+    time.sleep(0.5)
+    start = time.monotonic()
+    client.close()
+    t.join(5)
+    assert not t.is_alive() and time.monotonic() - start < 5
+    assert len(outcome) == 1 and isinstance(outcome[0], ClientClosedError)
+
+
+def _outcome(call):
+    try:
+        return call()
+    except BaseException as exc:
+        return exc

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextvars
 import gc
 import hashlib
 import hmac
+import logging
 import threading
 import time
 from urllib.parse import quote_plus
@@ -156,3 +158,48 @@ def test_a_sender_keeps_its_client_alive_and_a_dropped_client_stops_its_loop(con
     assert thread is not None
     thread.join(5)
     assert not thread.is_alive()
+
+
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("REQUEST_ID", default=None)
+
+
+def test_contextvars_reach_the_sdk_on_the_loop_thread(client, queue):
+    seen: list[tuple[str, str | None]] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record):
+            seen.append((threading.current_thread().name, REQUEST_ID.get()))
+
+    receiver = client.get_queue_receiver(queue)
+    logger = logging.getLogger("azure.servicebus")
+    handler, level = Capture(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    token = REQUEST_ID.set("req-7")
+    try:
+        receiver.peek_messages(1)
+    finally:
+        REQUEST_ID.reset(token)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        receiver.close()
+    on_loop = [rid for name, rid in seen if name.startswith("sbsync-loop")]
+    assert on_loop and set(on_loop) == {"req-7"}
+
+
+def test_a_closed_sender_leaves_its_link_warm_for_the_next(conn_str, queue):
+    with sbsync.ServiceBusClient.from_connection_string(conn_str) as client:
+        with client.get_queue_sender(queue) as first:
+            first.send_messages(ServiceBusMessage("1"))
+            identifier = first.client_identifier
+        with pytest.raises(ClientClosedError):
+            first.send_messages(ServiceBusMessage("closed is closed"))
+        with client.get_queue_sender(queue) as second:
+            second.send_messages(ServiceBusMessage("2"))
+            assert second.client_identifier == identifier  # the same open link, taken over
+        with client.get_queue_sender(queue, client_identifier="other-args") as third:
+            assert third.client_identifier == "other-args"  # other arguments, other link
+        with client.get_queue_receiver(queue, max_wait_time=1) as receiver:
+            assert sorted(str(m) for m in receiver.peek_messages(5)) == ["1", "2"]
+        parked = client._warm
+    assert parked is not None and parked.drain() == []  # client.close() closed the parked links

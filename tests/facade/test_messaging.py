@@ -95,16 +95,23 @@ def test_schedule_cancel_iterate_and_receive_and_delete(client, queue):
         assert receiver.peek_messages(5) == []  # receive-and-delete removed them
 
 
-def test_next_and_topic_subscription(client, topic_subscription):
+def test_next_and_topic_subscriptions(client, topic_subscription):
     topic, subscription = topic_subscription
     with client.get_topic_sender(topic) as sender:
-        sender.send_messages(ServiceBusMessage("to-all"))
+        sender.send_messages(ServiceBusMessage("to-all", session_id="T1"))
     with client.get_subscription_receiver(topic, subscription, max_wait_time=1) as receiver:
         message = next(receiver)
         assert str(message) == "to-all"
         receiver.complete_message(message)
         with pytest.raises(StopIteration):
             receiver.next()  # no more within max_wait_time
+
+    session_subscription = f"{subscription}-sessions"
+    assert list(client.list_subscription_sessions(topic, session_subscription)) == ["T1"]
+    with client.get_subscription_receiver(topic, session_subscription, session_id="T1") as receiver:
+        (message,) = receiver.receive_messages(max_wait_time=5)
+        assert str(message) == "to-all" and receiver.session.session_id == "T1"
+        receiver.complete_message(message)
 
 
 def test_sdk_errors_keep_type_and_tracebacks(client, queue):

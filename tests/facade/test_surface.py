@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import types
+import typing
 
 import azure.servicebus as sdk
 import azure.servicebus.exceptions as sdk_exceptions
@@ -58,6 +60,36 @@ def test_same_member_same_signature(ours, theirs, name):
             assert op.kind is inspect.Parameter.KEYWORD_ONLY and op.default is None, (name, pname)
 
 
+FACADE_TO_SDK = {ours: theirs for ours, theirs in PAIRS}
+UNIONS = {typing.Union, getattr(types, "UnionType", typing.Union)}
+
+
+def _normalized(tp):
+    tp = FACADE_TO_SDK.get(tp, tp)
+    origin = typing.get_origin(tp)
+    if origin is None:
+        return tp
+    args = tuple(_normalized(a) for a in typing.get_args(tp))
+    return ("union", frozenset(args)) if origin in UNIONS else (origin, args)
+
+
+def _return_hint(cls, name):
+    attr = inspect.getattr_static(cls, name)
+    fn = attr.fget if isinstance(attr, property) else getattr(cls, name)
+    return typing.get_type_hints(fn).get("return")
+
+
+@pytest.mark.parametrize(("ours", "theirs", "name"), MEMBERS, ids=[f"{t.__name__}.{n}" for _, t, n in MEMBERS])
+def test_same_return_type(ours, theirs, name):
+    if name in ("__init__", "__exit__"):
+        return
+    try:
+        expected = _return_hint(theirs, name)
+    except NameError:
+        pytest.skip("the SDK's own annotation does not resolve at runtime")
+    assert _normalized(_return_hint(ours, name)) == _normalized(expected)
+
+
 def test_no_extra_public_methods():
     for ours, theirs in PAIRS:
         extra = set(_public(ours)) - set(_public(theirs))
@@ -98,6 +130,27 @@ def test_bad_arguments_fail_clearly(client, queue):
         receiver.receive_messages(max_wait_time=-1)
     with pytest.raises(ValueError):
         receiver.peek_messages(timeout=-2)
+    with pytest.raises(ValueError, match="max_message_count"):
+        receiver.peek_messages(0)
+    with pytest.raises(TypeError, match="max_message_count"):
+        receiver.receive_messages("5")
+    with pytest.raises(TypeError, match="sequence_numbers"):
+        receiver.receive_deferred_messages("x")
+    with pytest.raises(TypeError, match="message"):
+        receiver.renew_message_lock(None)
+    with pytest.raises(TypeError):
+        receiver.complete_message("not a message")
+    with pytest.raises(TypeError, match="schedule_time_utc"):
+        sender.schedule_messages(sbsync.ServiceBusMessage("x"), "tomorrow")
+    with pytest.raises(TypeError, match="sequence_numbers"):
+        sender.cancel_scheduled_messages(["1"])
+    with pytest.raises(ValueError, match="max_size_in_bytes"):
+        sender.create_message_batch(-1)
+    with pytest.raises(ValueError):
+        client.get_queue_receiver(queue, prefetch_count=-1)
+    session_receiver = client.get_queue_receiver("sessions", session_id="never-used")
+    with pytest.raises(TypeError, match="state"):
+        session_receiver.session.set_state(123)
     with pytest.raises(TypeError):
         sbsync.ServiceBusClient("host", credential=object())
     with pytest.raises(ValueError):

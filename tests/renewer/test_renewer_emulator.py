@@ -186,3 +186,27 @@ def test_settled_messages_and_closed_receivers_end_quietly(client: ServiceBusCli
 def test_exported() -> None:
     assert "AutoLockRenewer" in sbsync.__all__
     assert sbsync.AutoLockRenewer is AutoLockRenewer
+
+
+@pytest.mark.timeout(60)
+def test_dropped_connection_losses_are_pushed(client: ServiceBusClient, emulator: Any) -> None:
+    with client.get_queue_sender("q") as sender, client.get_queue_sender("sq") as session_sender:
+        sender.send_messages(ServiceBusMessage("m"))
+        session_sender.send_messages(ServiceBusMessage("s", session_id="D"))
+    losses = Losses()
+    with AutoLockRenewer(on_lock_renew_failure=losses) as renewer, \
+            client.get_queue_receiver("q", auto_lock_renewer=renewer) as receiver, \
+            client.get_queue_receiver("sq", session_id="D", auto_lock_renewer=renewer) as session_receiver:
+        (message,) = receiver.receive_messages(1, max_wait_time=5)
+        session_receiver.receive_messages(1, max_wait_time=5)
+        emulator.faults.drop_connections()
+        started = time.monotonic()
+        deadline = started + 2 * LOCK
+        while len(losses.calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert {id(r) for r, _, _ in losses.calls} == {id(message), id(session_receiver.session)}
+        assert all(at - started <= LOCK for _, _, at in losses.calls)
+        with pytest.raises(MessageLockLostError):
+            receiver.complete_message(message)
+        with pytest.raises(SessionLockLostError):
+            session_receiver.session.get_state()

@@ -209,3 +209,13 @@ def test_real_timer_thread_fires_and_leaves_no_thread_when_idle() -> None:
         time.sleep(0.01)
     assert threading.active_count() == baseline, "no timer thread left once nothing is due"
     sched.close()
+
+
+def test_late_timer_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    clock, _, sched = make()
+    sched.schedule("a", 10)
+    timer = clock.live[0]
+    clock.now = 12  # the timer thread got the GIL two seconds late
+    timer.fired = True
+    timer.fn()
+    assert "lock renewal timer fired 2.00 s late" in caplog.text

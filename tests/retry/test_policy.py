@@ -81,6 +81,7 @@ def test_idempotent_operations() -> None:
     assert not is_idempotent("send_messages")
     assert not is_idempotent("complete_message")
     assert not is_idempotent("receive_messages")
+    assert not is_idempotent("open"), "a NEXT_AVAILABLE_SESSION open times out when no session is free"
 
 
 def test_defaults_are_the_sdks() -> None:
