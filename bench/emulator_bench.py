@@ -10,15 +10,18 @@ each on a fresh queue. Message bodies are 1 KB.
 Scenarios:
   single send     one ``send_messages(message)`` call per message
   batch send      ``send_messages(list of 100)``
+  batch send, 2 drivers  the same from two SDK processes at once (one SDK client is the
+                  bottleneck: this shows the emulator's own headroom)
   receive+complete  peek-lock ``receive_messages(100)`` then ``complete_message`` each
   session receive+complete  the same on one session of a session-enabled queue
-  memory          emulator RSS idle and with 100,000 queued messages (20,000 in --quick)
+  memory          emulator RSS idle and with 100,000 queued messages (10,000 in --quick)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import selectors
@@ -40,7 +43,11 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "emulator.json"
 BODY = b"x" * 1024
 BATCH = 100
-TARGETS = {"batch_send": 5000.0, "receive_complete": 2000.0}
+TARGETS = {
+    "batch_send": 5000.0,
+    "batch_send_2_drivers": 5000.0,
+    "receive_complete": 2000.0,
+}
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,7 @@ class Sizes:
 
 
 FULL = Sizes(single=2000, batch=20000, receive=10000, session=10000, memory=100_000)
-QUICK = Sizes(single=300, batch=3000, receive=2000, session=2000, memory=20_000)
+QUICK = Sizes(single=200, batch=3000, receive=2000, session=2000, memory=10_000)
 
 
 @contextmanager
@@ -107,18 +114,19 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Clock:
-    """Times a region, and the emulator's CPU use within it."""
+    """Times a region, and the CPU the emulator and this driver used within it."""
 
     def __init__(self, pid: int) -> None:
         self._pid = pid
-        self.wall = self.cpu = 0.0
+        self.wall = self.cpu = self.driver_cpu = 0.0
 
     @contextmanager
     def timing(self) -> Iterator[None]:
-        cpu, wall = cpu_seconds(self._pid), time.perf_counter()
+        cpu, driver, wall = cpu_seconds(self._pid), time.process_time(), time.perf_counter()
         yield
         self.wall = time.perf_counter() - wall
         self.cpu = cpu_seconds(self._pid) - cpu
+        self.driver_cpu = time.process_time() - driver
 
 
 def _messages(count: int, session_id: str | None = None) -> list[ServiceBusMessage]:
@@ -145,6 +153,51 @@ def batch_send(client: ServiceBusClient, clock: Clock, queue: str, count: int) -
         with clock.timing():
             for start in range(0, count, BATCH):
                 sender.send_messages(_messages(min(BATCH, count - start)))
+
+
+def _batch_sender_process(
+    conn_str: str, queue: str, count: int, ready: Any, go: Any, out: Any
+) -> None:
+    """One driver process of ``batch_send_2_drivers``: sends when told, reports its times."""
+    with ServiceBusClient.from_connection_string(conn_str) as client:
+        with client.get_queue_sender(queue) as sender:
+            sender.send_messages(ServiceBusMessage(BODY))
+            ready.set()
+            go.wait()
+            cpu, started = time.process_time(), time.perf_counter()
+            for start in range(0, count, BATCH):
+                sender.send_messages(_messages(min(BATCH, count - start)))
+            out.put((started, time.perf_counter(), time.process_time() - cpu))
+
+
+def batch_send_2_drivers(conn_str: str, clock: Clock, queue: str, count: int) -> None:
+    """``batch_send`` from two SDK processes at once: one client alone is the bottleneck."""
+    ctx = multiprocessing.get_context("spawn")
+    go, out = ctx.Event(), ctx.Queue()
+    readies = [ctx.Event() for _ in range(2)]
+    workers = [
+        ctx.Process(
+            target=_batch_sender_process, args=(conn_str, queue, count // 2, ready, go, out)
+        )
+        for ready in readies
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        for ready in readies:
+            if not ready.wait(60):
+                raise RuntimeError("a driver process did not get ready")
+        with clock.timing():
+            go.set()
+            reports = [out.get(timeout=120) for _ in workers]
+        # perf_counter is the system-wide monotonic clock, comparable across processes.
+        clock.wall = max(end for _, end, _ in reports) - min(start for start, _, _ in reports)
+        clock.driver_cpu = sum(cpu for _, _, cpu in reports)
+    finally:
+        for worker in workers:
+            worker.join(30)
+            if worker.is_alive():
+                worker.kill()
 
 
 def _drain(receiver: Any, clock: Clock, count: int) -> None:
@@ -195,20 +248,35 @@ def throughput(sizes: Sizes, runs: int, log: Callable[[str], None]) -> dict[str,
     results: dict[str, Any] = {}
     with emulator_process(*args) as (proc, conn_str):
         clock = Clock(proc.pid)
+        scenarios.insert(
+            2,
+            (
+                "batch_send_2_drivers",
+                sizes.batch,
+                lambda _, clock, queue, count: batch_send_2_drivers(conn_str, clock, queue, count),
+                lambda i: f"batch2-{i}",
+            ),
+        )
         with ServiceBusClient.from_connection_string(conn_str) as client:
             for name, count, scenario, queue_of in scenarios:
                 log(f"{name}: {runs} runs of {count} messages ...")
-                rates, cpu_shares = [], []
+                rates, emulator_cpu, driver_cpu, emulator_us = [], [], [], []
                 for i in range(runs):
                     scenario(client, clock, queue_of(i), count)
                     rates.append(count / clock.wall)
-                    cpu_shares.append(clock.cpu / clock.wall)
+                    emulator_cpu.append(clock.cpu / clock.wall)
+                    driver_cpu.append(clock.driver_cpu / clock.wall)
+                    emulator_us.append(clock.cpu / count * 1e6)
                 results[name] = {
                     "messages_per_run": count,
                     "msgs_per_s": round(statistics.median(rates), 1),
                     "runs": [round(r, 1) for r in rates],
-                    # Share of one core the emulator used while the driver ran flat out.
-                    "emulator_cpu_share": round(statistics.median(cpu_shares), 2),
+                    # Shares of one core used while the driver ran flat out: which side is
+                    # the bottleneck (the machine has two cores, shared).
+                    "emulator_cpu_share": round(statistics.median(emulator_cpu), 2),
+                    "driver_cpu_share": round(statistics.median(driver_cpu), 2),
+                    # Emulator CPU per message: its own cost, whatever the driver manages.
+                    "emulator_cpu_us_per_msg": round(statistics.median(emulator_us), 1),
                 }
     return results
 
@@ -240,7 +308,8 @@ def memory(count: int, log: Callable[[str], None]) -> dict[str, Any]:
 
 def render(results: dict[str, Any], mem: dict[str, Any]) -> str:
     lines = [
-        f"{'scenario':<26}{'msgs/s (median)':>16}{'msgs/run':>10}{'target':>12}{'emu CPU':>9}  runs"
+        f"{'scenario':<26}{'msgs/s (median)':>16}{'msgs/run':>10}{'target':>12}"
+        f"{'emu CPU':>9}{'SDK CPU':>9}{'emu us/msg':>12}  runs"
     ]
     for name, row in results.items():
         target = TARGETS.get(name)
@@ -252,7 +321,8 @@ def render(results: dict[str, Any], mem: dict[str, Any]) -> str:
         runs = ", ".join(f"{r:.0f}" for r in row["runs"])
         lines.append(
             f"{name:<26}{row['msgs_per_s']:>16.0f}{row['messages_per_run']:>10}{verdict:>12}"
-            f"{row['emulator_cpu_share']:>9.0%}  {runs}"
+            f"{row['emulator_cpu_share']:>9.0%}{row['driver_cpu_share']:>9.0%}"
+            f"{row['emulator_cpu_us_per_msg']:>12.0f}  {runs}"
         )
     lines.append(
         f"memory: {mem['messages']} x 1 KB queued -> emulator RSS {mem['rss_loaded_mib']} MiB "

@@ -32,6 +32,7 @@ from azure.servicebus import (
     parse_connection_string,
 )
 
+from ._renewer import AutoLockRenewer
 from .client import ServiceBusClient
 from .receiver import ServiceBusReceiver
 from .sender import ServiceBusSender
@@ -39,6 +40,7 @@ from .session import ServiceBusSession
 
 __all__ = [
     "NEXT_AVAILABLE_SESSION",
+    "AutoLockRenewer",
     "ServiceBusClient",
     "ServiceBusConnectionStringProperties",
     "ServiceBusMessage",

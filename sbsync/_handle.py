@@ -15,6 +15,7 @@ from collections.abc import Awaitable
 from typing import Any, Callable, Generic, TypeVar
 
 from ._portal import Portal, PortalFuture
+from ._retry import RetryPolicy, is_idempotent, run_with_retry
 from .exceptions import ClientClosedError
 
 __all__ = ["CLOSE_TIMEOUT", "Handle", "check_count", "check_sequence_numbers", "check_timeout", "check_type"]
@@ -78,6 +79,8 @@ class Handle(Generic[SdkT]):
         self._inflight: set[asyncio.Task[Any]] = set()
         self._open_lock: asyncio.Lock | None = None
         self._lanes: dict[str, asyncio.Lock] = {}
+        # Replaced by the client's policy; the SDK objects themselves make one attempt per call.
+        self._retry_policy = RetryPolicy()
 
     # -- loop side ------------------------------------------------------------------------
 
@@ -136,6 +139,25 @@ class Handle(Generic[SdkT]):
         finally:
             self._inflight.discard(task)
 
+    async def _attempts(
+        self, operation: str, fn: Callable[[SdkT], Awaitable[R]], lane: str | None, policy: RetryPolicy | None
+    ) -> R:
+        """Loop thread: :meth:`_invoke` under the retry policy, the one place attempts are counted.
+
+        Each attempt takes its lane anew, so a backoff wait never holds up the lane.
+        """
+        return await run_with_retry(
+            policy or self._retry_policy,
+            operation,
+            lambda: self._invoke(operation, fn, lane),
+            idempotent=is_idempotent(operation),
+            give_up=lambda: self._is_closed() or self._retry_futile(),
+        )
+
+    def _retry_futile(self) -> bool:
+        """Whether the SDK object is past saving, so another attempt cannot help."""
+        return False
+
     async def _guarded(self, sdk: SdkT, fn: Callable[[SdkT], Awaitable[R]]) -> R:
         if self._guard_open and not getattr(sdk, "_running", True):
             async with self._open_lock:  # type: ignore[union-attr]
@@ -170,25 +192,27 @@ class Handle(Generic[SdkT]):
         *,
         timeout: float | None = None,
         lane: str | None = "link",
+        policy: RetryPolicy | None = None,
     ) -> R:
         """Block until ``fn(sdk)`` has run on the loop; the single way facade methods reach the SDK.
 
         ``operation`` names the SDK method, for logs and for a retry policy wrapped around
-        :meth:`_invoke`. ``timeout`` (seconds) cancels the call on the loop when it expires.
+        :meth:`_invoke`. ``timeout`` (seconds) cancels the call on the loop when it expires,
+        retries included. ``policy`` overrides the client's retry policy for this call.
         ``lane``: see :meth:`_invoke`.
         """
         if self._is_closed():
             raise ClientClosedError(f"The {self._kind} is closed.")
         check_timeout(timeout)
-        return self._portal.call(lambda: self._invoke(operation, fn, lane), timeout=timeout)
+        return self._portal.call(lambda: self._attempts(operation, fn, lane, policy), timeout=timeout)
 
     def _submit(
-        self, operation: str, fn: Callable[[SdkT], Awaitable[R]], *, lane: str | None = "link"
+        self, operation: str, fn: Callable[[SdkT], Awaitable[R]], *, lane: str | None = "link", policy: RetryPolicy | None = None
     ) -> PortalFuture[R]:
         """Like :meth:`_run` without blocking (for background work such as lock renewal)."""
         if self._is_closed():
             raise ClientClosedError(f"The {self._kind} is closed.")
-        return self._portal.submit(lambda: self._invoke(operation, fn, lane))
+        return self._portal.submit(lambda: self._attempts(operation, fn, lane, policy))
 
     def _build_now(self) -> None:
         """Build the SDK object at once, so bad arguments fail where the sync SDK fails."""

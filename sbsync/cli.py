@@ -299,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["emulator"]:
         from .emulator._cli import main as emulator_main
 
-        return emulator_main(argv[1:])
+        return emulator_main(argv[1:], prog="sbsync emulator")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

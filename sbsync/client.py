@@ -22,6 +22,7 @@ from azure.servicebus.aio import ServiceBusSender as AsyncServiceBusSender
 from ._credentials import to_async_credential
 from ._handle import CLOSE_TIMEOUT, Handle, check_timeout
 from ._portal import Portal
+from ._retry import RetryPolicy
 from ._warm_links import WarmLinks, link_key
 from .receiver import ServiceBusReceiver
 from .sender import ServiceBusSender
@@ -54,13 +55,21 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         retry_backoff_factor: float = 0.8,
         retry_backoff_max: float = 120,
         retry_mode: str = "exponential",
+        retry_deadline: float | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(fully_qualified_namespace, str) or not fully_qualified_namespace:
             raise TypeError("fully_qualified_namespace must be a non-empty string.")
         async_credential = to_async_credential(credential)
-        options = dict(
+        policy = RetryPolicy(
             retry_total=retry_total,
+            retry_backoff_factor=retry_backoff_factor,
+            retry_backoff_max=retry_backoff_max,
+            retry_mode=retry_mode,
+            deadline=retry_deadline,
+        )
+        options = dict(
+            retry_total=0,  # sbsync's RetryPolicy owns the attempts: the SDK makes one per call
             retry_backoff_factor=retry_backoff_factor,
             retry_backoff_max=retry_backoff_max,
             retry_mode=retry_mode,
@@ -69,10 +78,14 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         self._setup(
             fully_qualified_namespace,
             lambda: AsyncServiceBusClient(fully_qualified_namespace, async_credential, **options),
+            policy=policy,
         )
 
-    def _setup(self, namespace: str, build: Any, entity: str | None = None) -> None:
+    def _setup(
+        self, namespace: str, build: Any, entity: str | None = None, *, policy: RetryPolicy
+    ) -> None:
         super().__init__(Portal(), build)
+        self._retry_policy = policy
         self._namespace = namespace
         self._entity = entity
         self._handles: weakref.WeakSet[Handle[Any]] = weakref.WeakSet()
@@ -91,12 +104,20 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         retry_backoff_factor: float = 0.8,
         retry_backoff_max: float = 120,
         retry_mode: str = "exponential",
+        retry_deadline: float | None = None,
         **kwargs: Any,
     ) -> ServiceBusClient:
         """Create a client from a connection string (``Endpoint=sb://...;SharedAccessKeyName=...``)."""
         props = parse_connection_string(conn_str)  # ValueError for a malformed string, as the SDK
-        options = dict(
+        policy = RetryPolicy(
             retry_total=retry_total,
+            retry_backoff_factor=retry_backoff_factor,
+            retry_backoff_max=retry_backoff_max,
+            retry_mode=retry_mode,
+            deadline=retry_deadline,
+        )
+        options = dict(
+            retry_total=0,  # sbsync's RetryPolicy owns the attempts: the SDK makes one per call
             retry_backoff_factor=retry_backoff_factor,
             retry_backoff_max=retry_backoff_max,
             retry_mode=retry_mode,
@@ -107,6 +128,7 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
             props.fully_qualified_namespace,
             lambda: AsyncServiceBusClient.from_connection_string(conn_str, **options),
             props.entity_path,
+            policy=policy,
         )
         return client
 

@@ -10,8 +10,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiveMode
 from azure.servicebus.aio import ServiceBusReceiver as AsyncServiceBusReceiver
+from azure.servicebus.exceptions import ServiceBusConnectionError, SessionLockLostError
 
 from ._handle import Handle, check_count, check_sequence_numbers, check_timeout, check_type
+from ._renewer import raise_if_lock_lost
+from ._retry import RetryPolicy
 from .exceptions import ClientClosedError
 from .session import ServiceBusSession
 
@@ -66,6 +69,7 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
         self._client = client  # keeps the client (and its loop) alive while this is in use
         self._namespace = client.fully_qualified_namespace
         self._entity = entity
+        self._retry_policy = client._retry_policy
         self._session = ServiceBusSession(self) if session else None
         self._auto_lock_renewer = auto_lock_renewer
         self._register_session = threading.Lock()
@@ -120,6 +124,8 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
             lambda r: r.receive_messages(max_message_count, _remaining(deadline)),
             timeout=timeout,
             lane="receive",
+            # No retry starts after the caller's max_wait_time is up.
+            policy=None if wait is None else self._retry_policy.replace(deadline=wait),
         )
         return self._renew_locks_of(messages)
 
@@ -182,14 +188,17 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
 
     def complete_message(self, message: ServiceBusReceivedMessage, *, timeout: float | None = None) -> None:
         """Complete the message: it is removed from the entity."""
+        raise_if_lock_lost(message)
         self._run("complete_message", lambda r: r.complete_message(message), timeout=timeout, lane=_settle_lane(message))
 
     def abandon_message(self, message: ServiceBusReceivedMessage, *, timeout: float | None = None) -> None:
         """Abandon the message: its lock is released and it can be received again."""
+        raise_if_lock_lost(message)
         self._run("abandon_message", lambda r: r.abandon_message(message), timeout=timeout, lane=_settle_lane(message))
 
     def defer_message(self, message: ServiceBusReceivedMessage, *, timeout: float | None = None) -> None:
         """Defer the message: only ``receive_deferred_messages`` can receive it again."""
+        raise_if_lock_lost(message)
         self._run("defer_message", lambda r: r.defer_message(message), timeout=timeout, lane=_settle_lane(message))
 
     def dead_letter_message(
@@ -201,6 +210,7 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
         timeout: float | None = None,
     ) -> None:
         """Move the message to the dead-letter sub-queue, with an optional reason and description."""
+        raise_if_lock_lost(message)
         self._run(
             "dead_letter_message",
             lambda r: r.dead_letter_message(message, reason, error_description),
@@ -217,11 +227,32 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
     ) -> datetime.datetime:
         """Renew the message's lock; returns the new expiry (UTC)."""
         check_type(message, ServiceBusReceivedMessage, "message")
+        raise_if_lock_lost(message)
         return self._run(
             "renew_message_lock",
             lambda r: r.renew_message_lock(message, timeout=timeout, **kwargs),
             timeout=timeout,
         )
+
+    # -- a session lost with its connection -----------------------------------------------------
+
+    def _retry_futile(self) -> bool:
+        # After a connection error the SDK closes a session receiver for good.
+        session = getattr(self._peek(), "_session", None)
+        return bool(session is not None and session._lock_lost)
+
+    async def _attempts(self, operation: str, fn: Any, lane: str | None, policy: RetryPolicy | None) -> Any:
+        try:
+            return await super()._attempts(operation, fn, lane, policy)
+        except ServiceBusConnectionError as exc:
+            if not self._retry_futile():
+                raise
+            # One error type for "this session is gone", whatever took it.
+            raise SessionLockLostError(
+                message="The connection was lost, and the session lock with it. "
+                "Accept the session again with a new receiver.",
+                error=exc,
+            ) from exc
 
     # -- lock renewal hand-off ------------------------------------------------------------------
 

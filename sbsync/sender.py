@@ -54,6 +54,7 @@ class ServiceBusSender(Handle[AsyncServiceBusSender]):
         self._link_key = link_key
         self._namespace = client.fully_qualified_namespace
         self._entity = entity
+        self._retry_policy = client._retry_policy
         self._group = SendGroup()
 
     def _on_new_sdk(self) -> None:

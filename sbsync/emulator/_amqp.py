@@ -1,7 +1,7 @@
-"""The proton adapter: connections, SASL, CBS, links, transfers and settlement echoes.
+"""The protocol adapter: connections, SASL, CBS, link attach routing, incoming transfers.
 
-Runs only in the reactor thread. Broker state changes happen here (or in
-``_management``) and are followed by a pump of the affected consumers.
+Runs only on the loop thread (``_loop``). Broker state changes happen here, in
+``_consumers`` or in ``_management``, and are followed by a pump of the affected receivers.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from proton import Delivery, Endpoint, Message, Terminus
+from proton import Delivery, Endpoint, Message, Terminus, symbol, ulong
 
 from . import _codec as codec
 from ._auth import AuthError, covers, resource_path, verify_sas
@@ -27,13 +27,13 @@ _LOG = logging.getLogger(__name__)
 
 _CREDIT = 1000  # transfers a client may send before we top its credit up
 _TICK_S = 0.05  # resolution of lock expiry, scheduled messages and TTL
+_MAX_BATCH = "com.microsoft:max-message-batch-size"
 
 
 class Conn:
-    """Per-connection state: granted tokens, links, consumers."""
+    """Per-connection state: granted tokens and the receivers it holds."""
 
-    def __init__(self, transport: Any) -> None:
-        self.transport = transport
+    def __init__(self) -> None:
         self.tokens: dict[str, float] = {}  # granted path -> expiry (epoch s)
         self.consumers: set[Consumer] = set()
         self.closed = False
@@ -80,7 +80,7 @@ class Adapter:
         sasl = transport.sasl()
         sasl.allow_insecure_mechs = True
         sasl.allowed_mechs("ANONYMOUS")  # the SDK offers only ANONYMOUS
-        conn = Conn(transport)
+        conn = Conn()
         connection.emu = conn
         self.conns.add(conn)
 
@@ -134,6 +134,8 @@ class Adapter:
         link.rcv_settle_mode = link.remote_rcv_settle_mode
         address = (link.remote_target if link.is_receiver else link.remote_source).address or ""
         path = resource_path(address)
+        _LOG.debug("attach %s %r (%s)", "sender" if link.is_receiver else "receiver",
+                   address, link.name)
         try:
             if path == "$cbs":
                 self._open_service_link(link, "cbs", address)
@@ -148,6 +150,8 @@ class Adapter:
                 link.emu_kind = "ingest"
                 link.emu_entity = entity
                 link.max_message_size = self.max_message_size
+                # the SDK sizes ServiceBusMessageBatch from this (else it assumes 256 KiB)
+                link.properties = {symbol(_MAX_BATCH): ulong(self.max_message_size)}
                 link.open()
                 link.flow(_CREDIT)
             else:
@@ -272,8 +276,7 @@ class Adapter:
                                 f"limit of {self.max_message_size} bytes.")
         else:
             try:
-                parts = codec.split_batch(data) or [data]
-                parsed = [codec.parse_message(p) for p in parts]
+                parsed = self._parse_transfer(data)
                 now = now_ms()
                 for p in parsed:
                     entity.validate(p)
@@ -283,6 +286,9 @@ class Adapter:
                 error = BrokerError("amqp:decode-error", f"Malformed message: {exc}")
             except BrokerError as exc:
                 error = exc
+            except Exception as exc:  # a bug of ours: refuse rather than leave the sender waiting
+                _LOG.exception("storing a message failed")
+                error = BrokerError("amqp:internal-error", f"Internal error: {exc!r}", 500)
 
         def finish() -> None:
             if error is not None:
@@ -295,6 +301,21 @@ class Adapter:
         self.later(self.rules.delay_for("send"), finish)
         for ent in dict.fromkeys(touched):
             self.pump_entity(ent)
+
+    @staticmethod
+    def _parse_transfer(data: bytes) -> list[codec.ParsedMessage]:
+        """The messages of one transfer: a batch envelope's inner messages, else itself.
+
+        The envelope is recognised by its shape (proton does not expose the transfer's
+        message-format); a body that merely looks like one but does not parse as messages
+        throughout is taken as a plain message."""
+        inner = codec.split_batch(data)
+        if inner:
+            try:
+                return [codec.parse_message(p) for p in inner]
+            except codec.CodecError:
+                pass
+        return [codec.parse_message(data)]
 
     # ------------------------------------------------------------ CBS
 
@@ -354,10 +375,16 @@ class Adapter:
         return self.loop.drop_all() if self.loop is not None else 0
 
     def expire_session_lock(self, entity_path: str, session_id: str) -> None:
-        self.consumers.expire_session_lock(self.broker.lookup(entity_path), session_id)
+        self.consumers.expire_session_lock(self._existing(entity_path), session_id)
 
     def expire_message_locks(self, entity_path: str) -> int:
-        return self.consumers.expire_message_locks(self.broker.lookup(entity_path))
+        return self.consumers.expire_message_locks(self._existing(entity_path))
+
+    def _existing(self, entity_path: str) -> Entity:
+        entity = self.broker.find(entity_path)
+        if entity is None:
+            raise KeyError(f"no entity {entity_path!r}")
+        return entity
 
     def stop_listening(self) -> None:
         if self.loop is not None:

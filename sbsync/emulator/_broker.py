@@ -1,6 +1,6 @@
 """The broker model: entities, messages, locks, sessions, dead-letter, scheduled, deferred, TTL.
 
-Pure data structures driven by the AMQP adapter from the reactor thread; no I/O and no
+Pure data structures driven by the protocol adapter from the loop thread; no I/O and no
 proton here. Times are wall-clock milliseconds (they travel to clients as lock expiries).
 ``holder`` values are opaque tokens of the adapter (its receiving links).
 """
@@ -41,12 +41,12 @@ TRANSFER_DLQ_SUFFIX = "/$transfer/$deadletterqueue"
 class Entity:
     """A queue, topic, subscription or dead-letter sub-queue."""
 
-    def __init__(self, broker: Broker, path: str, kind: str, cfg: EntityConfig,
+    def __init__(self, path: str, kind: str, cfg: EntityConfig,
                  lock_ms: int, max_delivery: int, ttl_ms: int | None, auto: bool) -> None:
-        self.broker = broker
         self.path = path
         self.kind = kind  # queue | topic | subscription | dlq
         self.requires_session = cfg.requires_session and kind != "dlq"
+        self.auto = auto
         self.session_capable = self.requires_session or (auto and kind != "dlq")
         self.lock_ms = lock_ms
         self.max_delivery = max_delivery
@@ -63,7 +63,6 @@ class Entity:
         self._session_heap: list[tuple[int, str]] = []  # (lock expiry, session id)
         self._next_seq = 1
         self.dlq: Entity | None = None
-        self.parent: Entity | None = None
 
     def __repr__(self) -> str:
         return f"Entity({self.path!r}, {self.kind})"
@@ -189,9 +188,6 @@ class Entity:
         if expires:  # session messages live and die with their session's lock
             heapq.heappush(self._lock_heap, (until_ms, msg.seq, token))
 
-    def has_ready(self, session: Session | None) -> bool:
-        return bool(session.ready if session is not None else self.ready)
-
     # ------------------------------------------------------------ settlement
 
     def locked(self, token: uuid.UUID, session_id: str | None = None) -> StoredMessage:
@@ -315,6 +311,8 @@ class Entity:
             sess = self._available_session(now_ms)
             if sess is None:
                 return None
+        if sess.holder is not None:  # an expired lock the tick has not reaped yet
+            self._release_session_messages(sess)
         sess.holder = holder
         sess.locked_until_ms = now_ms + self.lock_ms
         heapq.heappush(self._session_heap, (sess.locked_until_ms, sess.id))
@@ -358,11 +356,14 @@ class Entity:
         holder = sess.holder
         sess.holder = None
         sess.locked_until_ms = 0
+        self._release_session_messages(sess)
+        self._forget_if_empty(sess)
+        return holder
+
+    def _release_session_messages(self, sess: Session) -> None:
         for msg in [m for m in self.locks.values() if m.session_id == sess.id]:
             self._unlock(msg)
             self._return(msg, True)
-        self._forget_if_empty(sess)
-        return holder
 
     def list_sessions(self, since_ms: int | None) -> list[str]:
         """Sessions with messages or state (``since_ms`` None), else those whose state was
@@ -485,19 +486,20 @@ class Broker:
             topic = self.entities.get((cfg.topic or "").lower())
             if topic is None:
                 topic = self.create(EntityConfig(name=cfg.topic or "", kind="topic"), auto)
+            elif topic.kind != "topic":
+                self._make_topic(topic)
         lock_ms = int(1000 * (cfg.lock_duration if cfg.lock_duration is not None
                               else self.lock_duration))
         max_dc = cfg.max_delivery_count if cfg.max_delivery_count is not None \
             else self.max_delivery_count
         ttl = cfg.default_message_ttl if cfg.default_message_ttl is not None else self.default_ttl
         ttl_ms = int(ttl * 1000) if ttl is not None else None
-        ent = Entity(self, path, cfg.kind, cfg, lock_ms, max_dc, ttl_ms, auto)
+        ent = Entity(path, cfg.kind, cfg, lock_ms, max_dc, ttl_ms, auto)
         self.entities[key] = ent
         if cfg.kind != "topic":
-            dlq = Entity(self, path + "/$DeadLetterQueue", "dlq", cfg, lock_ms, max_dc, None, False)
-            tdlq = Entity(self, path + "/$Transfer/$DeadLetterQueue", "dlq", cfg, lock_ms,
+            dlq = Entity(path + "/$DeadLetterQueue", "dlq", cfg, lock_ms, max_dc, None, False)
+            tdlq = Entity(path + "/$Transfer/$DeadLetterQueue", "dlq", cfg, lock_ms,
                           max_dc, None, False)
-            dlq.parent = tdlq.parent = ent
             ent.dlq = dlq
             self.entities[key + DLQ_SUFFIX] = dlq
             self.entities[key + TRANSFER_DLQ_SUFFIX] = tdlq
@@ -505,6 +507,21 @@ class Broker:
             self.entities[(cfg.topic or "").lower()].subscriptions.append(ent)
         _LOG.debug("created %r", ent)
         return ent
+
+    def _make_topic(self, ent: Entity) -> None:
+        """An auto-created "queue" turns out to be a topic (a subscription of it is used)."""
+        if not ent.auto:
+            raise BrokerError(NOT_ALLOWED, f"{ent.path} is a queue, not a topic.")
+        _LOG.debug("auto-created %r becomes a topic", ent)
+        key = ent.path.lower()
+        for suffix in (DLQ_SUFFIX, TRANSFER_DLQ_SUFFIX):
+            self.entities.pop(key + suffix, None)
+        ent.kind = "topic"
+        ent.dlq = None
+        ent.session_capable = False
+        ent.messages.clear()  # as on the real service: nothing is kept for subscriptions
+        ent.ready.clear()      # that did not exist yet
+        ent.sessions.clear()
 
     def find(self, path: str) -> Entity | None:
         """The entity at ``path`` if it exists (never auto-creates)."""

@@ -13,14 +13,17 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from ._config import ConfigError, EntityConfig, load_config
 
+if TYPE_CHECKING:
+    from ._server import Emulator
+
 _LOGGER = logging.getLogger(__name__)
 
-# Mirrors sbsync.emulator.DEFAULT_KEY_NAME / DEFAULT_KEY, repeated here so that --help and
-# flag errors work without importing the proton-based core.
+# The same values as sbsync.emulator.DEFAULT_KEY_NAME / DEFAULT_KEY (a test keeps them equal),
+# repeated so that --help and flag errors work without python-qpid-proton installed.
 _DEV_KEY_NAME = "RootManageSharedAccessKey"
 _DEV_KEY = "SAS_KEY_VALUE"
 
@@ -122,9 +125,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m sbsync.emu
         sys.stderr.write(f"{prog}: error: {exc}\n")
         return 2
     except ImportError as exc:
-        sys.stderr.write(
-            f"{prog}: error: {exc}; install the emulator extra: pip install 'sbsync[emulator]'\n"
-        )
+        sys.stderr.write(f"{prog}: error: {exc}; install it with: pip install 'sbsync[emulator]'\n")
         return 1
     try:
         emulator.start()
@@ -143,37 +144,52 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m sbsync.emu
     return 0
 
 
-def _create_emulator(args: argparse.Namespace) -> Any:
-    from . import Emulator  # proton is an optional dependency: import it only when needed
+def _create_emulator(args: argparse.Namespace) -> Emulator:
+    from . import Emulator  # needs python-qpid-proton, an optional dependency
 
     entities: list[EntityConfig] = load_config(args.config) if args.config else []
-    subscriptions = [f"{t}/{s}" for t, s in args.subscription]
-    session_subscriptions = [f"{t}/{s}" for t, s in args.session_subscription]
-    topics = list(dict.fromkeys(args.topic))
-    known = {t.lower() for t in topics} | {e.name.lower() for e in entities if e.kind == "topic"}
-    for topic, _ in args.subscription + args.session_subscription:
-        if topic.lower() not in known:  # a subscription needs its topic
-            topics.append(topic)
-            known.add(topic.lower())
-    try:
-        return Emulator(
-            host=args.host,
-            port=args.port,
-            queues=list(dict.fromkeys(args.queue)),
-            session_queues=list(dict.fromkeys(args.session_queue)),
-            topics=topics,
-            subscriptions=subscriptions,
-            session_subscriptions=session_subscriptions,
-            entities=entities,
-            lock_duration=args.lock_duration,
-            max_delivery_count=args.max_delivery_count,
-            default_message_ttl=args.default_message_ttl,
-            key_name=args.key_name,
-            key=args.key,
-            auto_create=args.auto_create,
-        )
-    except ValueError as exc:  # e.g. the same entity twice across flags and --config
-        raise UsageError(str(exc)) from exc
+    declared = {e.path.lower(): "--config" for e in entities}
+
+    def declare(path: str, flag: str) -> None:
+        # Entity names are case-insensitive; one declared twice is ambiguous, so refuse it.
+        key = path.lower()
+        if key in declared:
+            raise UsageError(f"{path!r} is declared twice ({declared[key]} and {flag})")
+        declared[key] = flag
+
+    for flag, names in (
+        ("--queue", args.queue),
+        ("--session-queue", args.session_queue),
+        ("--topic", args.topic),
+    ):
+        for name in names:
+            declare(name, flag)
+    topics = list(args.topic)
+    for flag, pairs in (
+        ("--subscription", args.subscription),
+        ("--session-subscription", args.session_subscription),
+    ):
+        for topic, sub in pairs:
+            declare(f"{topic}/Subscriptions/{sub}", flag)
+            if topic.lower() not in declared:  # a subscription needs its topic
+                declared[topic.lower()] = flag
+                topics.append(topic)
+    return Emulator(
+        host=args.host,
+        port=args.port,
+        queues=args.queue,
+        session_queues=args.session_queue,
+        topics=topics,
+        subscriptions=[f"{t}/{s}" for t, s in args.subscription],
+        session_subscriptions=[f"{t}/{s}" for t, s in args.session_subscription],
+        entities=entities,
+        lock_duration=args.lock_duration,
+        max_delivery_count=args.max_delivery_count,
+        default_message_ttl=args.default_message_ttl,
+        key_name=args.key_name,
+        key=args.key,
+        auto_create=args.auto_create,
+    )
 
 
 def _wait_for_signal() -> None:

@@ -176,20 +176,8 @@ def _hashable(key: Any) -> Any:
 # ---------------------------------------------------------------- encoding
 
 
-def enc_uint(v: int) -> bytes:
-    if v == 0:
-        return b"\x43"
-    if v < 256:
-        return b"\x52" + _U8.pack(v)
-    return b"\x70" + _U32.pack(v)
-
-
 def enc_long(v: int) -> bytes:
     return b"\x81" + _I64.pack(v)
-
-
-def enc_timestamp(ms: int) -> bytes:
-    return b"\x83" + _I64.pack(ms)
 
 
 def enc_bool(v: bool) -> bytes:

@@ -50,7 +50,8 @@ _DURATION_RE = re.compile(
     r"^P(?!$)(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
     r"(?:T(?=\d)(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$"
 )
-# Calendar units have no fixed length; Service Bus's TimeSpan conversion uses these.
+# Calendar units have no fixed length; like .NET's XmlConvert.ToTimeSpan,
+# a year counts as 365 days and a month as 30.
 _UNIT_SECONDS = {
     "years": 365 * 86400.0,
     "months": 30 * 86400.0,

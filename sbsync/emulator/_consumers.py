@@ -1,7 +1,7 @@
 """Client receivers: attach (with session assignment), pumping messages into links, and
 settlement over the link with the echo the SDK waits for.
 
-Runs only in the reactor thread.
+Runs only on the loop thread.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fault injection: the public ``Faults`` handle and the reactor-side rules it sets."""
+"""Fault injection: the public ``Faults`` handle and the loop-side rules it sets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 
 class FaultRules:
-    """Pending failures and delays; read and consumed inside the reactor thread only."""
+    """Pending failures and delays; read and consumed on the loop thread only."""
 
     def __init__(self) -> None:
         self.failures: list[list[Any]] = []  # [remaining count, operation or None]
@@ -35,7 +35,8 @@ class FaultRules:
 
 class Faults:
     """Inject failures into a running emulator. Every method may be called from any thread;
-    it runs inside the reactor and returns once applied."""
+    it runs on the emulator's loop thread and returns once applied. Entity paths are as in
+    ``Emulator.stats``; an unknown one raises KeyError."""
 
     def __init__(self, call: Callable[[Callable[[], Any]], Any], adapter: Callable[[], Adapter],
                  rules: FaultRules) -> None:
@@ -51,7 +52,9 @@ class Faults:
         """The next ``count`` matching operations fail with ``com.microsoft:server-busy``.
 
         ``operation``: a management operation name (``"com.microsoft:renew-lock"``),
-        ``"send"``, ``"receive-attach"``, ``"cbs"``, or None for any of them."""
+        ``"send"``, ``"receive-attach"``, ``"cbs"``, or None for any of them. The SDK raises
+        ServiceBusServerBusyError (after its retries), except for ``"cbs"``: every failed
+        put-token surfaces as ServiceBusAuthenticationError."""
         if count > 0:
             self._call(lambda: self._rules.failures.append([count, operation]))
 

@@ -84,8 +84,8 @@ class Management:
         raw_props: dict[Any, Any] = req.properties or {}
         props = {_key(k): v for k, v in raw_props.items()}
         op = _str(props.get("operation")) or ""
-        reply = self._dispatch(link, op, req.body, props)
-        status, text, body, condition = reply
+        status, text, body, condition = self._dispatch(link, op, req.body, props)
+        _LOG.debug("%s on %s -> %d %s", op, link.emu_entity.path, status, condition or "")
         app: dict[Any, Any] = {"statusCode": status, "statusDescription": text}
         if condition:
             app["errorCondition"] = symbol(condition)
@@ -120,6 +120,9 @@ class Management:
             return err.status, err.description, None, err.condition
         except (KeyError, TypeError, ValueError, codec.CodecError) as exc:
             return 400, f"Malformed request: {exc!r}", None, ARGUMENT_ERROR
+        except Exception as exc:  # a bug of ours: answer rather than leave the client waiting
+            _LOG.exception("management operation %s failed", op)
+            return 500, f"Internal error: {exc!r}", None, "amqp:internal-error"
 
     def _session(self, entity: Entity, body: dict[str, Any], holders: set[Any]) -> Session:
         return entity.held_session(_str(body.get("session-id")), holders, now_ms())

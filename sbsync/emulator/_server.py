@@ -26,7 +26,14 @@ class Emulator:
     """A local Azure Service Bus namespace on loopback AMQP (no TLS).
 
     Use as a context manager or call ``start()``/``stop()``; point the SDK at
-    ``connection_string``.
+    ``connection_string``. Entities: ``queues`` / ``session_queues`` / ``topics`` by name,
+    ``subscriptions`` / ``session_subscriptions`` as ``"topic/sub"``, or ``entities`` with
+    full per-entity settings. ``lock_duration``, ``max_delivery_count`` and
+    ``default_message_ttl`` (seconds, None = no expiry) are the defaults for entities that do
+    not set their own. ``auto_create`` creates unknown queues and subscriptions on first use
+    (they accept session and non-session receivers). Transfers above ``max_message_size``
+    bytes are refused (MessageSizeExceededError). Entities and messages live in memory and
+    survive ``stop()``/``start()``.
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, queues: Iterable[str] = (),
@@ -51,6 +58,8 @@ class Emulator:
         for spec, sessions in [(s, False) for s in subscriptions] + \
                 [(s, True) for s in session_subscriptions]:
             topic, _, sub = spec.partition("/")
+            if sub.lower().startswith("subscriptions/"):  # "topic/Subscriptions/sub" also works
+                sub = sub.split("/", 1)[1]
             self._broker.create(EntityConfig(name=sub, kind="subscription", topic=topic,
                                              requires_session=sessions))
         for cfg in entities:
@@ -79,7 +88,11 @@ class Emulator:
             if self._thread is not None:
                 return self
             loop = Loop(self._adapter)
-            self.port = self._adapter.start(loop, self.host, self.port)
+            try:
+                self.port = self._adapter.start(loop, self.host, self.port)
+            except BaseException:  # e.g. the port is taken
+                loop.close()
+                raise
             thread = threading.Thread(target=self._run, args=(loop,), name="sbsync-emulator",
                                       daemon=True)
             self._loop = loop
@@ -101,6 +114,10 @@ class Emulator:
         with self._lock:
             thread, loop = self._thread, self._loop
             if thread is None or loop is None:
+                return
+            if threading.current_thread() is thread:  # stop() from an emulator callback
+                self._adapter.shutdown()
+                self._thread = self._loop = None
                 return
             if thread.is_alive():
                 try:

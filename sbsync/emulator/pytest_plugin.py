@@ -8,9 +8,9 @@ available in any test suite without a ``conftest.py`` import:
     ``auto_create=True``: the first sender or receiver naming an unknown entity creates a
     plain queue of that name with the emulator defaults. Module scope keeps start-up out of
     every test while still isolating modules from each other; tests in a module share it, so
-    give each test its own entity names. For session-enabled queues, topics and
-    subscriptions, or non-default lock durations, call
-    ``servicebus_emulator.create_entity(EntityConfig(...))`` first::
+    give each test its own entity names (and call ``faults.clear()`` after injecting
+    faults). For session-enabled queues, topics and subscriptions, or non-default lock
+    durations, call ``servicebus_emulator.create_entity(EntityConfig(...))`` first::
 
         def test_orders(servicebus_emulator):
             conn_str = servicebus_emulator.connection_string
@@ -27,8 +27,8 @@ available in any test suite without a ``conftest.py`` import:
         def test_redelivery(servicebus_emulator_factory):
             emulator = servicebus_emulator_factory(queues=["q"], lock_duration=2)
 
-The core (and python-qpid-proton) is imported only when a fixture is used, so merely having
-sbsync installed costs other test suites nothing.
+The emulator core (and python-qpid-proton) is imported inside the fixtures, not when pytest
+loads this plugin, so test suites that never use them do not need the ``emulator`` extra.
 """
 
 from __future__ import annotations

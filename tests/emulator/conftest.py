@@ -2,8 +2,8 @@
 
 Every behaviour test drives the unmodified azure-servicebus SDK twice: through its sync API
 and through ``azure.servicebus.aio``. The ``sdk`` fixture gives either the real sync client or
-``Blocking``, a thin harness that runs each aio coroutine to completion on the module's own
-event loop, so one test body covers both without pytest-asyncio. Nothing between the SDK and
+``Blocking``, a thin harness that runs each aio coroutine to completion on its own event
+loop, so one test body covers both without pytest-asyncio. Nothing between the SDK and
 the emulator is faked.
 
 Entities are created per test with unique names on the module's shared emulator (the
@@ -14,22 +14,23 @@ links is the expensive part (~0.5 s each), not the emulator.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import inspect
 import logging
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from urllib.parse import quote_plus
 
 import pytest
 from azure.servicebus import ServiceBusClient, ServiceBusReceivedMessage
 from azure.servicebus.aio import ServiceBusClient as AsyncServiceBusClient
 
-from sbsync.emulator._config import EntityConfig
-
-if TYPE_CHECKING:
-    from sbsync.emulator import Emulator
+from sbsync.emulator import DEFAULT_KEY, DEFAULT_KEY_NAME, Emulator, EntityConfig
 
 # Short enough to keep the suite fast, long enough that a loaded 2-core machine does not let
 # a lock lapse between two SDK calls that were meant to see it held.
@@ -102,13 +103,12 @@ def _unwrap(value: Any) -> Any:
 
 
 class Sdk:
-    """One flavour of the SDK for one test module; it closes every link and client it made."""
+    """One flavour of the SDK; it closes every link and client it made."""
 
     def __init__(self, flavor: str) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
         if flavor == "aio":
             self.loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self.loop)
         self._clients: list[Any] = []
         self._handlers: list[Any] = []
 
@@ -197,16 +197,15 @@ class Sdk:
         if self.loop is not None:
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
-            asyncio.set_event_loop(None)
 
 
-@pytest.fixture(scope="module", params=["sync", "aio"])
-def sdk(request: pytest.FixtureRequest, servicebus_emulator: Emulator) -> Iterator[Sdk]:
+@pytest.fixture(scope="session", params=["sync", "aio"])
+def sdk(request: pytest.FixtureRequest) -> Iterator[Sdk]:
     """The SDK flavour under test: the sync API, then ``azure.servicebus.aio``.
 
-    Module-scoped so that the links tests open with ``sdk.open`` are all closed together at
-    the module's end (closing is the SDK's slowest step). It depends on the shared emulator
-    only so that the emulator outlives those links.
+    Session-scoped, so pytest runs every sync test, then every aio test, and the links tests
+    open with ``sdk.open`` are closed together at the end (closing is the SDK's slowest step;
+    a link whose emulator is already gone closes quickly).
     """
     flavor = Sdk(request.param)
     try:
@@ -234,6 +233,21 @@ def no_retry(sdk: Sdk, servicebus_emulator: Emulator) -> Any:
     """A client that does not retry: the SDK retries some refusals (session cannot be locked,
     no session available, message not found) with back-off for ~11 s before raising them."""
     return sdk.client(servicebus_emulator.connection_string, retry_total=0)
+
+
+def sas_token(
+    resource: str,
+    expiry: int,
+    key_name: str = DEFAULT_KEY_NAME,
+    key: str = DEFAULT_KEY,
+) -> str:
+    """A Shared Access Signature the way Service Bus defines it (independent of the SDK)."""
+    to_sign = f"{quote_plus(resource)}\n{expiry}".encode()
+    sig = base64.b64encode(hmac.new(key.encode(), to_sign, hashlib.sha256).digest()).decode()
+    return (
+        f"SharedAccessSignature sr={quote_plus(resource)}&sig={quote_plus(sig)}"
+        f"&se={expiry}&skn={quote_plus(key_name)}"
+    )
 
 
 def unique(prefix: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import selectors
 import signal
@@ -155,13 +156,27 @@ def test_serves_the_sdk_and_stops_on_sigterm(
 
 
 def test_auto_create_and_sigint(spawned: list[subprocess.Popen[str]]) -> None:
-    proc = _spawn("--port", "0", "--auto-create", "--key-name", "dev", "--key", "k3y", "-v")
+    proc = _spawn(
+        "--port", "0", "--auto-create", "--key-name", "dev", "--key", "k3y", "-v",
+        "--default-message-ttl", "1", "--max-delivery-count", "1",
+    )  # fmt: skip
     spawned.append(proc)
     conn_str = _first_line(proc)
     assert "SharedAccessKeyName=dev" in conn_str
     with ServiceBusClient.from_connection_string(conn_str) as client:
-        with client.get_queue_sender("made-on-demand") as sender:
-            sender.send_messages(ServiceBusMessage("hi"))
+        sender, receiver = _open_all(
+            client.get_queue_sender("made-on-demand"), client.get_queue_receiver("made-on-demand")
+        )
+        try:
+            sender.send_messages([ServiceBusMessage("abandoned"), ServiceBusMessage("expiring")])
+            [abandoned] = receive(receiver, 1)
+            receiver.abandon_message(abandoned)  # --max-delivery-count 1: dead-lettered
+            peeked = receiver.peek_messages(max_message_count=5, sequence_number=1)
+            assert [str(m) for m in peeked] == ["expiring"]
+            time.sleep(1.5)  # --default-message-ttl 1: the other one expires
+            assert receiver.peek_messages(max_message_count=5, sequence_number=1) == []
+        finally:
+            _close_all([sender, receiver])
     code, took, stderr = _stop(proc, signal.SIGINT)
     assert (code, "Traceback" in stderr) == (0, False), stderr
     assert took < 5
@@ -180,6 +195,8 @@ def test_auto_create_and_sigint(spawned: list[subprocess.Popen[str]]) -> None:
         (["--max-delivery-count", "0"], "at least 1"),
         (["--bogus"], "unrecognized arguments: --bogus"),
         (["--config", "/nonexistent/Config.json"], "Config.json: cannot read"),
+        (["--queue", "a", "--session-queue", "A"], "'A' is declared twice (--queue and"),
+        (["--subscription", "t/s", "--subscription", "t/s"], "'t/Subscriptions/s' is declared"),
     ],
 )
 def test_bad_flags(args: list[str], expected: str) -> None:
@@ -198,7 +215,21 @@ def test_bad_flags(args: list[str], expected: str) -> None:
     assert lines[0].startswith("python -m sbsync.emulator: error: ")
 
 
-def test_malformed_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """``main`` configures logging as a program does; undo that after in-process runs."""
+    root = logging.getLogger()
+    cli = logging.getLogger("sbsync.emulator._cli")
+    handlers, level, cli_level = root.handlers[:], root.level, cli.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    cli.setLevel(cli_level)
+
+
+def test_malformed_config_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
     config = tmp_path / "Config.json"
     config.write_text(
         '{"UserConfig": {"Namespaces": [{"Queues": [{"Name": "q", '
@@ -210,7 +241,7 @@ def test_malformed_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "Queues[0].Properties.LockDuration: 'one minute' is not an ISO-8601 duration" in err
 
 
-def test_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
+def test_port_in_use(capsys: pytest.CaptureFixture[str], restore_logging: None) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -238,3 +269,36 @@ def test_main_is_importable_without_side_effects() -> None:
         env=env,
     )
     assert result.stdout.strip() == "ok" and result.returncode == 0, result.stderr
+
+
+def test_dev_key_defaults_match_the_core() -> None:
+    from sbsync.emulator import DEFAULT_KEY, DEFAULT_KEY_NAME, _cli
+
+    assert (_cli._DEV_KEY_NAME, _cli._DEV_KEY) == (DEFAULT_KEY_NAME, DEFAULT_KEY)
+
+
+WITHOUT_PROTON = """
+import sys
+sys.modules["proton"] = None  # as if python-qpid-proton were not installed
+from sbsync.emulator._cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_without_proton() -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", WITHOUT_PROTON, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO,
+        )
+
+    assert run("--help").returncode == 0
+    bad_flag = run("--port", "x")
+    assert bad_flag.returncode == 2 and "not an integer" in bad_flag.stderr
+    result = run("--port", "0")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "pip install 'sbsync[emulator]'" in result.stderr

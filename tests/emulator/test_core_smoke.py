@@ -1,32 +1,13 @@
-"""Quick end-to-end checks of the emulator core with the real azure-servicebus SDK."""
+"""Core checks the conformance modules do not make: codec, restart, auto-create, raw protocol
+errors, TTL dead-lettering, batch sizing, locks of a vanished receiver."""
 
 from __future__ import annotations
 
-import asyncio
-import datetime
-import socket
 import time
 from collections.abc import Iterator
 
 import pytest
-from azure.servicebus import (
-    NEXT_AVAILABLE_SESSION,
-    ServiceBusClient,
-    ServiceBusMessage,
-    ServiceBusReceiveMode,
-    ServiceBusSubQueue,
-)
-from azure.servicebus.aio import ServiceBusClient as AsyncClient
-from azure.servicebus.exceptions import (
-    MessageLockLostError,
-    MessageSizeExceededError,
-    MessagingEntityNotFoundError,
-    OperationTimeoutError,
-    ServiceBusAuthenticationError,
-    ServiceBusServerBusyError,
-    SessionCannotBeLockedError,
-    SessionLockLostError,
-)
+from azure.servicebus import ServiceBusClient, ServiceBusMessage
 
 from sbsync.emulator import Emulator, EntityConfig
 
@@ -37,15 +18,10 @@ pytestmark = pytest.mark.timeout(60)
 def emu() -> Iterator[Emulator]:
     with Emulator(
         queues=["q"],
-        session_queues=["sq"],
-        topics=["t"],
-        subscriptions=["t/s1", "t/s2"],
         entities=[
-            EntityConfig(name="short", lock_duration=1.0, max_delivery_count=2),
             EntityConfig(
                 name="ttl", default_message_ttl=0.3, dead_lettering_on_message_expiration=True
             ),
-            EntityConfig(name="ssq", requires_session=True, lock_duration=1.0),
         ],
     ) as emulator:
         yield emulator
@@ -62,185 +38,10 @@ def _send(client: ServiceBusClient, queue: str, *messages: ServiceBusMessage) ->
         sender.send_messages(list(messages) if len(messages) > 1 else messages[0])
 
 
-def test_properties_round_trip(client: ServiceBusClient, emu: Emulator) -> None:
-    msg = ServiceBusMessage(
-        b"body",
-        application_properties={"i": 7, "s": "x", "f": 1.5},
-        subject="subj",
-        content_type="text/plain",
-        correlation_id="c1",
-        message_id="m1",
-        to="dest",
-        reply_to="r",
-        time_to_live=datetime.timedelta(seconds=300),
-    )
-    _send(client, "q", msg)
-    assert emu.stats("q").active == 1
-    with client.get_queue_receiver("q") as rcv:
-        [got] = rcv.receive_messages(max_wait_time=5)
-        assert b"".join(got.body) == b"body"
-        assert got.application_properties == {b"i": 7, b"s": b"x", b"f": 1.5}
-        assert (
-            got.subject,
-            got.content_type,
-            got.correlation_id,
-            got.message_id,
-            got.to,
-            got.reply_to,
-        ) == ("subj", "text/plain", "c1", "m1", "dest", "r")
-        assert got.time_to_live == datetime.timedelta(seconds=300)
-        assert got.sequence_number == 1 and got.delivery_count == 0
-        assert got.locked_until_utc is not None and got.enqueued_time_utc is not None
-        rcv.complete_message(got)
-    assert emu.stats("q").active == 0 and emu.stats("q").locked == 0
-
-
-def test_abandon_defer_dead_letter(client: ServiceBusClient, emu: Emulator) -> None:
-    _send(client, "q", *[ServiceBusMessage(str(i)) for i in range(3)])
-    with client.get_queue_receiver("q") as rcv:
-        msgs = rcv.receive_messages(max_message_count=3, max_wait_time=5)
-        assert [str(m) for m in msgs] == ["0", "1", "2"]
-        rcv.abandon_message(msgs[0])
-        rcv.defer_message(msgs[1])
-        rcv.dead_letter_message(msgs[2], reason="bad", error_description="very bad")
-        [again] = rcv.receive_messages(max_wait_time=5)
-        assert str(again) == "0" and again.delivery_count == 1
-        rcv.complete_message(again)
-        [deferred] = rcv.receive_deferred_messages([msgs[1].sequence_number])
-        assert str(deferred) == "1"
-        rcv.complete_message(deferred)
-    with client.get_queue_receiver("q", sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq:
-        [dead] = dlq.receive_messages(max_wait_time=5)
-        assert (dead.dead_letter_reason, dead.dead_letter_error_description) == ("bad", "very bad")
-        dlq.complete_message(dead)
-    assert emu.stats("q") == type(emu.stats("q"))()
-
-
-def test_peek_and_schedule(client: ServiceBusClient, emu: Emulator) -> None:
-    with client.get_queue_sender("q") as sender:
-        sender.send_messages([ServiceBusMessage(str(i)) for i in range(5)])
-        at = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1)
-        seqs = sender.schedule_messages(
-            [ServiceBusMessage("later"), ServiceBusMessage("never")], at
-        )
-        sender.cancel_scheduled_messages(seqs[1])
-    assert emu.stats("q").scheduled == 1
-    with client.get_queue_receiver("q") as rcv:
-        peeked = rcv.peek_messages(max_message_count=3, sequence_number=2)
-        assert [m.sequence_number for m in peeked] == [2, 3, 4]
-        got = []
-        deadline = time.time() + 5
-        while len(got) < 6 and time.time() < deadline:
-            for m in rcv.receive_messages(max_message_count=10, max_wait_time=1):
-                rcv.complete_message(m)
-                got.append(str(m))
-    assert got == ["0", "1", "2", "3", "4", "later"]
-
-
-def test_lock_expiry_and_max_delivery(client: ServiceBusClient, emu: Emulator) -> None:
-    _send(client, "short", ServiceBusMessage("x"))
-    with client.get_queue_receiver("short") as rcv:
-        [first] = rcv.receive_messages(max_wait_time=5)
-        time.sleep(1.3)
-        with pytest.raises(MessageLockLostError):
-            rcv.complete_message(first)
-        [second] = rcv.receive_messages(max_wait_time=5)
-        assert second.delivery_count == 1
-        rcv.renew_message_lock(second)
-        assert emu.faults.expire_message_locks("short") == 1
-    assert emu.stats("short").dead_letter == 1
-    with client.get_queue_receiver("short", sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq:
-        [dead] = dlq.receive_messages(max_wait_time=5)
-        assert dead.dead_letter_reason == "MaxDeliveryCountExceeded"
-
-
 def test_ttl_dead_letters(client: ServiceBusClient, emu: Emulator) -> None:
     _send(client, "ttl", ServiceBusMessage("x"))
     time.sleep(0.5)
     assert emu.stats("ttl").dead_letter == 1
-
-
-def test_topic_fan_out(client: ServiceBusClient, emu: Emulator) -> None:
-    with client.get_topic_sender("t") as sender:
-        sender.send_messages(ServiceBusMessage("hi"))
-    for sub in ("s1", "s2"):
-        with client.get_subscription_receiver("t", sub) as rcv:
-            [m] = rcv.receive_messages(max_wait_time=5)
-            assert str(m) == "hi"
-            rcv.complete_message(m)
-
-
-def test_sessions(client: ServiceBusClient, emu: Emulator) -> None:
-    _send(client, "sq", *[ServiceBusMessage(f"A{i}", session_id="A") for i in range(3)])
-    with client.get_queue_receiver("sq", session_id=NEXT_AVAILABLE_SESSION, max_wait_time=5) as rcv:
-        assert rcv.session.session_id == "A"
-        with pytest.raises(SessionCannotBeLockedError):
-            with client.get_queue_receiver("sq", session_id="A") as other:
-                other.receive_messages(max_wait_time=1)
-        rcv.session.set_state(b"state")
-        rcv.session.renew_lock()
-        msgs = rcv.receive_messages(max_message_count=3, max_wait_time=5)
-        assert [str(m) for m in msgs] == ["A0", "A1", "A2"]
-        for m in msgs:
-            rcv.complete_message(m)
-    with client.get_queue_receiver("sq", session_id="A") as again:
-        assert again.session.get_state() == b"state"
-    with pytest.raises(OperationTimeoutError):
-        with client.get_queue_receiver(
-            "sq", session_id=NEXT_AVAILABLE_SESSION, max_wait_time=1
-        ) as none:
-            none.receive_messages(max_wait_time=1)
-
-
-def test_session_lock_lost(client: ServiceBusClient, emu: Emulator) -> None:
-    _send(client, "sq", ServiceBusMessage("x", session_id="B"))
-    with client.get_queue_receiver("sq", session_id="B") as rcv:
-        [_m] = rcv.receive_messages(max_wait_time=5)
-        emu.faults.expire_session_lock("sq", "B")
-        with pytest.raises(SessionLockLostError):
-            rcv.session.get_state()
-    assert emu.stats("sq").active == 1
-
-
-def test_errors(emu: Emulator, client: ServiceBusClient) -> None:
-    with pytest.raises(MessagingEntityNotFoundError):
-        _send(client, "nope", ServiceBusMessage("x"))
-    bad = emu.connection_string.replace("SAS_KEY_VALUE", "wrong")
-    with ServiceBusClient.from_connection_string(bad, retry_total=0) as c:
-        with pytest.raises(ServiceBusAuthenticationError):
-            _send(c, "q", ServiceBusMessage("x"))
-    with pytest.raises(MessageSizeExceededError):
-        _send(client, "q", ServiceBusMessage(b"x" * (300 * 1024)))
-    emu.faults.fail_next(1, operation="send")
-    with pytest.raises(ServiceBusServerBusyError):
-        _send(client, "q", ServiceBusMessage("x"))
-    # garbage on the socket: that connection dies, the emulator keeps serving
-    with socket.create_connection((emu.host, emu.port)) as sock:
-        sock.sendall(b"\x00garbage" * 100)
-    _send(client, "q", ServiceBusMessage("ok"))
-    assert emu.stats("q").active == 1
-
-
-def test_aio_flow(emu: Emulator) -> None:
-    async def main() -> None:
-        async with AsyncClient.from_connection_string(emu.connection_string) as c:
-            async with c.get_queue_sender("sq") as sender:
-                await sender.send_messages(ServiceBusMessage("a", session_id="S"))
-            async with c.get_queue_receiver("sq", session_id="S") as rcv:
-                await rcv.session.set_state(b"s")
-                assert await rcv.session.get_state() == b"s"
-                [m] = await rcv.receive_messages(max_wait_time=5)
-                await rcv.complete_message(m)
-            async with c.get_queue_sender("q") as sender:
-                await sender.send_messages([ServiceBusMessage("b"), ServiceBusMessage("c")])
-            async with c.get_queue_receiver(
-                "q", receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE
-            ) as rcv:
-                got = await rcv.receive_messages(max_message_count=2, max_wait_time=5)
-                assert [str(m) for m in got] == ["b", "c"]
-
-    asyncio.run(main())
-    assert emu.stats("q").active == 0
 
 
 def test_restart_keeps_messages(emu: Emulator) -> None:
@@ -253,38 +54,6 @@ def test_restart_keeps_messages(emu: Emulator) -> None:
         with c.get_queue_receiver("q") as rcv:
             [m] = rcv.receive_messages(max_wait_time=5)
             assert str(m) == "persist"
-
-
-def test_faults_and_reconnect(client: ServiceBusClient, emu: Emulator) -> None:
-    retrying = ServiceBusClient.from_connection_string(emu.connection_string,
-                                                       retry_backoff_factor=0.1)
-    with retrying, retrying.get_queue_sender("q") as sender:
-        sender.send_messages(ServiceBusMessage("1"))
-        assert emu.faults.drop_connections() == 1
-        sender.send_messages(ServiceBusMessage("2"))  # the SDK reconnects
-        emu.faults.stop_listening()
-        emu.faults.resume_listening()
-        sender.send_messages(ServiceBusMessage("3"))
-    emu.faults.fail_next(1, operation="receive-attach")
-    with pytest.raises(ServiceBusServerBusyError):
-        with client.get_queue_receiver("q") as rcv:
-            rcv.receive_messages(max_wait_time=1)
-    emu.faults.fail_next(1, operation="com.microsoft:peek-message")
-    with client.get_queue_receiver("q", prefetch_count=10) as rcv:
-        with pytest.raises(ServiceBusServerBusyError):
-            rcv.peek_messages(5)
-        emu.faults.delay(0.3, operation="com.microsoft:peek-message")
-        started = time.monotonic()
-        assert len(rcv.peek_messages(5)) == 3
-        assert time.monotonic() - started >= 0.3
-        emu.faults.clear()
-        [first] = rcv.receive_messages(max_message_count=1, max_wait_time=5)
-        rcv.complete_message(first)
-    # prefetched leftovers come back without counting a delivery
-    time.sleep(0.2)
-    assert emu.stats("q").active == 2 and emu.stats("q").locked == 0
-    with client.get_queue_receiver("q") as rcv:
-        assert [m.delivery_count for m in rcv.peek_messages(5)] == [0, 0]
 
 
 def test_vanished_receiver_releases_locks(emu: Emulator) -> None:
@@ -353,10 +122,54 @@ def test_raw_protocol_errors(emu: Emulator) -> None:
         conn.close()
 
 
-def test_client_vanishing_mid_frame(client: ServiceBusClient, emu: Emulator) -> None:
-    for payload in (b"AMQP\x03\x01\x00\x00\x00\x00\x00\x40\x02\x01",  # SASL header + half a frame
-                    b"AMQP\x00\x01\x00\x00\x00\x00\x01\x00"):
-        with socket.create_connection((emu.host, emu.port)) as sock:
-            sock.sendall(payload)
-    _send(client, "q", ServiceBusMessage("still serving"))
-    assert emu.stats("q").active == 1
+def test_auto_create_queue_turns_topic() -> None:
+    with Emulator(auto_create=True) as emu, \
+            ServiceBusClient.from_connection_string(emu.connection_string) as c, \
+            c.get_topic_sender("t") as sender:
+        sender.send_messages(ServiceBusMessage("before any subscription"))
+        with c.get_subscription_receiver("t", "s") as rcv:
+            sender.send_messages(ServiceBusMessage("kept"))
+            [m] = rcv.receive_messages(max_wait_time=5)
+            assert str(m) == "kept"
+            rcv.complete_message(m)
+        assert emu.stats("t/Subscriptions/s").active == 0
+
+
+def test_codec_round_trip_and_dead_letter_properties() -> None:
+    from proton import Message, symbol
+
+    from sbsync.emulator._codec import DATA, enc_binary, parse_message, section, split_batch
+    from sbsync.emulator._records import StoredMessage
+
+    original = Message(body=b"payload", id="m-1", subject="s", group_id="g", ttl=30.0,
+                       properties={"k": 1, "t": "x"}, priority=7,
+                       annotations={symbol("x-opt-partition-key"): "pk"})
+    parsed = parse_message(original.encode())
+    assert parsed.group_id == "g" and parsed.ttl_ms == 30000 and parsed.priority == 7
+    assert split_batch(original.encode()) is None
+    stored = StoredMessage(parsed, 42, 1_000)
+    stored.delivery_count = 2
+    stored.set_app_props({"DeadLetterReason": "why"})
+    back = Message()
+    back.decode(stored.encode(locked_until_ms=5_000))
+    assert (back.id, back.subject, back.group_id, back.body) == ("m-1", "s", "g", b"payload")
+    assert back.properties == {"k": 1, "t": "x", "DeadLetterReason": "why"}
+    assert back.delivery_count == 2 and back.priority == 7 and back.ttl == 30.0
+    assert back.annotations["x-opt-sequence-number"] == 42
+    assert back.annotations["x-opt-partition-key"] == "pk"
+    assert int(back.annotations["x-opt-locked-until"]) == 5_000
+    # a batch envelope: data sections that each hold one encoded message
+    envelope = b"".join(section(DATA, enc_binary(Message(body=str(i)).encode()))
+                        for i in range(3))
+    inner = split_batch(envelope)
+    assert inner is not None and len(inner) == 3
+    bare = Message()
+    bare.decode(inner[1])
+    assert bare.body == "1"
+
+
+def test_batch_size_follows_max_message_size() -> None:
+    with Emulator(queues=["q"], max_message_size=64 * 1024) as emu, \
+            ServiceBusClient.from_connection_string(emu.connection_string) as c, \
+            c.get_queue_sender("q") as sender:
+        assert sender.create_message_batch().max_size_in_bytes == 64 * 1024

@@ -90,3 +90,11 @@ def test_fixtures_in_a_user_suite(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "5 passed" in result.stdout
+
+
+def test_loading_the_plugin_does_not_need_proton() -> None:
+    code = "import sys, sbsync.emulator.pytest_plugin; print('proton' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
+    )
+    assert result.stdout.strip() == "False", result.stderr

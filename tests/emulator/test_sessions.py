@@ -89,25 +89,26 @@ def test_exclusive_lock_and_state_across_receivers(
 def test_next_available_session(emulator: Any, sdk: Sdk, client: Any, no_retry: Any) -> None:
     queue = new_queue(emulator, requires_session=True)
     sender = sdk.open(client.get_queue_sender(queue))
-    sender.send_messages(_messages([("x", "x1"), ("y", "y1")]))
-    first, second = sdk.open(
-        client.get_queue_receiver(queue, session_id=NEXT_AVAILABLE_SESSION, max_wait_time=2),
-        client.get_queue_receiver(queue, session_id=NEXT_AVAILABLE_SESSION, max_wait_time=2),
-    )
+    sender.send_messages(_messages([("x", "x1"), ("y", "y1"), ("x", "x2")]))
+    # Three receivers ask at once for the next available session; there are two.
+    receivers = [
+        no_retry.get_queue_receiver(queue, session_id=NEXT_AVAILABLE_SESSION, max_wait_time=1)
+        for _ in range(3)
+    ]
+    started = time.monotonic()
+    outcomes = sdk.open_failures(*receivers)
+    refused = [exc for exc in outcomes if exc is not None]
+    assert len(refused) == 1 and isinstance(refused[0], OperationTimeoutError)
+    assert 0.8 < time.monotonic() - started < 8  # the loser waited max_wait_time first
+    first, second = (r for r, exc in zip(receivers, outcomes) if exc is None)
     seen = sorted([first.session.session_id, second.session.session_id])
     assert seen == ["x", "y"]  # each got a different, locked session
     for receiver in (first, second):
-        [m] = receive(receiver, 1)
-        assert m.session_id == receiver.session.session_id
-        receiver.complete_message(m)
-    # Every session with messages is taken: a third receiver waits, then gives up.
-    sender.send_messages(ServiceBusMessage("x2", session_id="x"))
-    started = time.monotonic()
-    [refused] = sdk.open_failures(
-        no_retry.get_queue_receiver(queue, session_id=NEXT_AVAILABLE_SESSION, max_wait_time=1)
-    )
-    assert isinstance(refused, OperationTimeoutError)
-    assert 0.8 < time.monotonic() - started < 8
+        expected = ["x1", "x2"] if receiver.session.session_id == "x" else ["y1"]
+        msgs = receive(receiver, len(expected))
+        assert [str(m) for m in msgs] == expected
+        for m in msgs:
+            receiver.complete_message(m)
 
 
 def test_next_available_session_waits_for_a_message(emulator: Any, sdk: Sdk, client: Any) -> None:
@@ -155,10 +156,10 @@ def test_session_lock_renewal_and_expiry(
         assert until == renewed.session.locked_until_utc
     assert renewed.session.locked_until_utc > first_until
     # The renewed session is still exclusively ours ...
-    [refused] = sdk.open_failures(no_retry.get_queue_receiver(queue, session_id="kept"))
-    assert isinstance(refused, SessionCannotBeLockedError)
     [kept_msg] = receive(renewed, 1)
     renewed.complete_message(kept_msg)
+    [refused] = sdk.open_failures(no_retry.get_queue_receiver(queue, session_id="kept"))
+    assert isinstance(refused, SessionCannotBeLockedError)
     # ... the lapsed one is free: a new receiver takes it, and the message with it.
     fresh = sdk.open(client.get_queue_receiver(queue, session_id="lost"))
     [again] = receive(fresh, 1)
@@ -198,8 +199,14 @@ def test_list_sessions(emulator: Any, sdk: Sdk, client: Any) -> None:
     )
     assert list(client.list_queue_sessions(queue)) == []
     sender.send_messages(_messages([("l1", "m"), ("l2", "m"), ("l1", "m")]))
+    before_state = datetime.now(timezone.utc) - timedelta(seconds=1)
     receiver.session.set_state(b"s")
+    # By default: sessions with messages or with state.
     assert sorted(client.list_queue_sessions(queue)) == ["l1", "l2", "with-state"]
+    # With state_updated_after: only sessions whose state changed since then.
+    assert list(client.list_queue_sessions(queue, state_updated_after=before_state)) == [
+        "with-state"
+    ]
 
 
 def test_session_subscription(emulator: Any, sdk: Sdk, client: Any) -> None:

@@ -13,13 +13,12 @@ from typing import Any
 
 import pytest
 from azure.servicebus import ServiceBusMessage, ServiceBusReceiveMode
-from proton import Endpoint, Message
-from proton.utils import BlockingConnection
+from proton import Delivery, Endpoint, Message
+from proton.utils import BlockingConnection, SendException
 
 from sbsync.emulator import Emulator
 
-from .conftest import Sdk, receive
-from .test_errors import sas_token
+from .conftest import Sdk, receive, sas_token
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -169,3 +168,23 @@ def test_raw_management_requests(wire_emulator: Emulator, sdk: Sdk) -> None:
         )
         assert malformed.properties["statusCode"] >= 400
     _sdk_round_trip(sdk, wire_emulator, "served after nonsense")
+
+
+def test_raw_oversize_transfer_is_rejected(wire_emulator: Emulator) -> None:
+    """The SDK refuses oversize messages itself; a client that does not is refused too."""
+    namespace = f"sb://{wire_emulator.host}:{wire_emulator.port}/"
+    with _proton_client(wire_emulator) as conn:
+        reply = _request(
+            conn,
+            "$cbs",
+            sas_token(namespace, int(time.time()) + 600),
+            {"operation": "put-token", "type": "jwt", "name": namespace + "q"},
+        )
+        assert 200 <= reply.properties["status-code"] < 300
+        sender = conn.create_sender(f"amqps://{wire_emulator.host}:{wire_emulator.port}/q")
+        with pytest.raises(SendException) as info:
+            sender.send(Message(body=b"x" * (300 * 1024)))  # the limit is 256 KB
+        assert info.value.state == Delivery.REJECTED
+        sender.send(Message(body=b"fits"))  # the link is still usable
+        sender.close()
+    assert wire_emulator.stats("q").active == 1

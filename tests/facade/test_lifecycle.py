@@ -13,7 +13,7 @@ import time
 from urllib.parse import quote_plus
 
 import pytest
-from azure.core.credentials import AccessToken, AzureNamedKeyCredential
+from azure.core.credentials import AccessToken, AzureNamedKeyCredential, AzureSasCredential
 
 import sbsync
 from sbsync import ServiceBusMessage
@@ -128,15 +128,20 @@ def test_sync_token_credential_runs_off_the_loop_thread(conn_str, queue):
     assert all("executor" in name for name in credential.threads), credential.threads
 
 
-def test_named_key_credential(conn_str, queue):
+@pytest.mark.parametrize("kind", ["named-key", "sas"])
+def test_named_key_and_sas_credentials_pass_through(conn_str, queue, kind):
     parts = _key_parts(conn_str)
     namespace = parts["Endpoint"].split("://", 1)[1]
-    credential = AzureNamedKeyCredential(parts["SharedAccessKeyName"], parts["SharedAccessKey"])
+    if kind == "named-key":
+        credential = AzureNamedKeyCredential(parts["SharedAccessKeyName"], parts["SharedAccessKey"])
+    else:
+        signer = SasTokenCredential(namespace, parts["SharedAccessKeyName"], parts["SharedAccessKey"])
+        credential = AzureSasCredential(signer.get_token().token)
     with sbsync.ServiceBusClient(namespace, credential, use_tls=False) as client:
         with client.get_queue_sender(queue) as sender:
-            sender.send_messages(ServiceBusMessage("named"))
+            sender.send_messages(ServiceBusMessage(kind))
         with client.get_queue_receiver(queue, max_wait_time=2) as receiver:
-            assert [str(m) for m in receiver.peek_messages(1)] == ["named"]
+            assert [str(m) for m in receiver.peek_messages(1)] == [kind]
 
 
 def test_one_loop_thread_per_client(client, queue):

@@ -1,0 +1,1 @@
+"""One module per workload family; each has ``run(ctx) -> list[Row]`` and ``IMPLS``."""
