@@ -34,6 +34,7 @@ from azure.servicebus import (
 
 from ._renewer import AutoLockRenewer
 from .client import ServiceBusClient
+from .processor import SessionContext, SessionProcessor
 from .receiver import ServiceBusReceiver
 from .sender import ServiceBusSender
 from .session import ServiceBusSession
@@ -53,6 +54,8 @@ __all__ = [
     "ServiceBusSession",
     "ServiceBusSessionFilter",
     "ServiceBusSubQueue",
+    "SessionContext",
+    "SessionProcessor",
     "TransportType",
     "parse_connection_string",
 ]

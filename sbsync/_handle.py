@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import numbers
+import time
 from collections.abc import Awaitable
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Protocol, TypeVar
+
+from azure.servicebus.exceptions import ServiceBusAuthenticationError
 
 from ._portal import Portal, PortalFuture
 from ._retry import RetryPolicy, is_idempotent, run_with_retry
-from .exceptions import ClientClosedError
+from .exceptions import ClientClosedError, closed_error
 
 __all__ = ["CLOSE_TIMEOUT", "Handle", "check_count", "check_sequence_numbers", "check_timeout", "check_type"]
 
@@ -62,6 +65,32 @@ def check_type(value: Any, expected: type | tuple[type, ...], name: str) -> None
         raise TypeError(f"{name} must be {names}, not {type(value).__name__}.")
 
 
+class LinkOwner(Protocol):
+    """The client, seen from its senders and receivers: it tracks every SDK object they open,
+    so ``client.close()`` closes the links of handles that were dropped without ``close()``."""
+
+    def _track(self, sdk: Any) -> None: ...
+
+    def _untrack(self, sdk: Any) -> bool: ...
+
+
+#: The SDK's text for an error it could not describe (its CBS mapping drops the broker's
+#: "401 Unauthorized" description, so a wrong key reads like this).
+_GENERIC_SDK_MESSAGE = "Service Bus has encountered an error."
+
+
+def explain_auth_error(exc: ServiceBusAuthenticationError, entity: str) -> ServiceBusAuthenticationError:
+    """The same error with a message that says what to check, when the SDK's says nothing."""
+    if not str(exc).startswith(_GENERIC_SDK_MESSAGE):
+        return exc
+    explained = ServiceBusAuthenticationError(
+        message=f"Authentication failed for {entity!r}: check SharedAccessKeyName/SharedAccessKey in the "
+        f"connection string (or the credential), and that it grants access to {entity!r}. ({exc})",
+        error=exc,
+    )
+    return explained
+
+
 class Handle(Generic[SdkT]):
     """Base of the facade classes: SDK object per generation, open guard, close, ``_run``."""
 
@@ -70,12 +99,21 @@ class Handle(Generic[SdkT]):
     #: lanes: until it is open they take the open lock. (A sender's operations share one lane.)
     _guard_open = True
 
-    def __init__(self, portal: Portal, build: Callable[[], SdkT]) -> None:
+    def __init__(self, portal: Portal, build: Callable[[], SdkT], owner: LinkOwner | None = None) -> None:
         self._portal = portal
         self._build = build  # runs on the loop thread
+        self._owner = owner
         self._sdk_obj: SdkT | None = None
         self._sdk_gen = -1
         self._closed = False
+        # The release of this generation's SDK object, once begun (close() and client.close()
+        # may both ask for it; it must happen once: a sender's link may be parked for reuse).
+        self._releasing: asyncio.Future[None] | None = None
+        #: [the SDK object] while this handle holds one unreleased; read by the owner's
+        #: finalizer when the handle is dropped without close().
+        self._held: list[Any] = []
+        #: The entity the SDK object is for, in error messages.
+        self._entity: str | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
         self._open_lock: asyncio.Lock | None = None
         self._lanes: dict[str, asyncio.Lock] = {}
@@ -95,6 +133,10 @@ class Handle(Generic[SdkT]):
             self._open_lock = asyncio.Lock()
             self._lanes = {}
             self._inflight = set()
+            self._releasing = None
+            self._held[:] = [self._sdk_obj]
+            if self._owner is not None:
+                self._owner._track(self._sdk_obj)
             self._on_new_sdk()
         return self._sdk_obj  # type: ignore[return-value]
 
@@ -121,8 +163,8 @@ class Handle(Generic[SdkT]):
         holds the ``"link"`` lane.) While a receiver's link is not open, every operation also
         holds the open lock, so concurrent first calls cannot each open a link of their own.
         """
-        if self._closed:  # closed after this call passed the caller-side check
-            raise ClientClosedError(f"The {self._kind} is closed.")
+        if self._is_closed():  # closed after this call passed the caller-side check
+            raise closed_error(self._kind)
         task = asyncio.current_task()
         assert task is not None
         self._inflight.add(task)
@@ -134,7 +176,7 @@ class Handle(Generic[SdkT]):
                 return await self._guarded(sdk, fn)
         except asyncio.CancelledError:
             if self._is_closed():
-                raise ClientClosedError(f"The {self._kind} was closed while the call was in progress.") from None
+                raise closed_error(self._kind, during_call=True) from None
             raise
         finally:
             self._inflight.discard(task)
@@ -142,20 +184,52 @@ class Handle(Generic[SdkT]):
     async def _attempts(
         self, operation: str, fn: Callable[[SdkT], Awaitable[R]], lane: str | None, policy: RetryPolicy | None
     ) -> R:
-        """Loop thread: :meth:`_invoke` under the retry policy, the one place attempts are counted.
+        """Loop thread: :meth:`_invoke` under the retry policy, the one place attempts are counted."""
+        try:
+            return await self._retried(operation, fn, lane, policy)
+        except ServiceBusAuthenticationError as exc:
+            # A wrong key stays wrong: say what to check (the SDK's own message does not).
+            explained = explain_auth_error(exc, self._entity or getattr(self, "_namespace", None) or self._kind)
+            if explained is exc:
+                raise
+            raise explained from exc
 
-        Each attempt takes its lane anew, so a backoff wait never holds up the lane.
+    async def _retried(
+        self, operation: str, fn: Callable[[SdkT], Awaitable[R]], lane: str | None, policy: RetryPolicy | None
+    ) -> R:
+        """Each attempt takes its lane anew, so a backoff wait never holds up the lane. The first
+        attempt runs bare: building the retry machinery costs ~70 us, more than the thread hop
+        itself, so it is engaged only once an attempt has failed; that failure is replayed to
+        it as attempt 1, and the policy's deadline shrinks by the time attempt 1 took.
         """
+        started = time.monotonic()
+        try:
+            return await self._invoke(operation, fn, lane)
+        except Exception as exc:
+            failure = exc
+        policy = policy or self._retry_policy
+        if policy.deadline is not None:
+            left = policy.deadline - (time.monotonic() - started)
+            if left <= 0:
+                raise failure  # no time left for another attempt
+            policy = policy.replace(deadline=left)
+        replay = [failure]
+
+        async def attempt() -> R:
+            if replay:
+                raise replay.pop()
+            return await self._invoke(operation, fn, lane)
+
         return await run_with_retry(
-            policy or self._retry_policy,
+            policy,
             operation,
-            lambda: self._invoke(operation, fn, lane),
+            attempt,
             idempotent=is_idempotent(operation),
-            give_up=lambda: self._is_closed() or self._retry_futile(),
+            give_up=lambda: self._is_closed() or self._retry_futile(operation),
         )
 
-    def _retry_futile(self) -> bool:
-        """Whether the SDK object is past saving, so another attempt cannot help."""
+    def _retry_futile(self, operation: str) -> bool:
+        """Whether ``operation`` cannot succeed on this SDK object any more, however often tried."""
         return False
 
     async def _guarded(self, sdk: SdkT, fn: Callable[[SdkT], Awaitable[R]]) -> R:
@@ -165,16 +239,29 @@ class Handle(Generic[SdkT]):
         return await fn(sdk)
 
     async def _aclose(self) -> None:
-        """Loop thread: cancel this handle's calls in flight, then release its SDK object."""
+        """Loop thread: cancel this handle's calls in flight, then release its SDK object.
+
+        Once per SDK object: a second caller (``close()`` racing ``client.close()``) waits for
+        the first one's release instead of starting another.
+        """
         if self._sdk_obj is None or self._sdk_gen != self._portal.generation:
             return  # never built, or built by the parent process: nothing of ours to close
-        current = asyncio.current_task()
-        pending = [t for t in self._inflight if t is not current]
+        if self._releasing is None:
+            sdk = self._sdk_obj
+            self._held.clear()
+            if self._owner is not None:
+                self._owner._untrack(sdk)
+            self._releasing = asyncio.ensure_future(self._cancel_and_release(sdk, asyncio.current_task()))
+        # Shielded: a close() that times out must not cut the release short.
+        await asyncio.shield(self._releasing)
+
+    async def _cancel_and_release(self, sdk: SdkT, closer: asyncio.Task[Any] | None) -> None:
+        pending = [t for t in self._inflight if t is not closer]
         for task in pending:
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=CLOSE_TIMEOUT / 2)
-        await self._release(self._sdk_obj, interrupted=bool(pending))
+        await self._release(sdk, interrupted=bool(pending))
 
     async def _release(self, sdk: SdkT, *, interrupted: bool) -> None:
         """Loop thread: done with ``sdk`` (``interrupted``: calls on it were cancelled)."""
@@ -202,7 +289,7 @@ class Handle(Generic[SdkT]):
         ``lane``: see :meth:`_invoke`.
         """
         if self._is_closed():
-            raise ClientClosedError(f"The {self._kind} is closed.")
+            raise closed_error(self._kind)
         check_timeout(timeout)
         return self._portal.call(lambda: self._attempts(operation, fn, lane, policy), timeout=timeout)
 
@@ -211,7 +298,7 @@ class Handle(Generic[SdkT]):
     ) -> PortalFuture[R]:
         """Like :meth:`_run` without blocking (for background work such as lock renewal)."""
         if self._is_closed():
-            raise ClientClosedError(f"The {self._kind} is closed.")
+            raise closed_error(self._kind)
         return self._portal.submit(lambda: self._attempts(operation, fn, lane, policy))
 
     def _build_now(self) -> None:
@@ -219,6 +306,8 @@ class Handle(Generic[SdkT]):
         self._portal.call(self._build_on_loop)
 
     async def _build_on_loop(self) -> None:
+        if self._is_closed():  # shutdown began after the caller-side check: build nothing more
+            raise closed_error(self._kind)
         self._sdk()
 
     def _peek(self) -> SdkT | None:
@@ -242,7 +331,7 @@ class Handle(Generic[SdkT]):
             return
         self._closed = True
         if self._portal.closed:
-            return
+            return  # client.close() releases every handle's SDK object, this one included
         try:
             self._portal.call(self._aclose, timeout=CLOSE_TIMEOUT)
         except ClientClosedError:

@@ -27,7 +27,7 @@ from typing import Any, Callable, TypeVar
 
 from azure.servicebus.exceptions import OperationTimeoutError
 
-from .exceptions import ClientClosedError, LoopThreadError
+from .exceptions import LoopThreadError, closed_error
 
 __all__ = ["Portal", "PortalFuture"]
 
@@ -201,13 +201,13 @@ class Portal:
         traceback, continued by the caller's frames.
         """
         if self._closed:
-            raise ClientClosedError("The client is closed.")
+            raise closed_error("client")
         return self._call(factory, timeout)
 
     def submit(self, factory: Callable[[], Awaitable[T]]) -> PortalFuture[T]:
         """Schedule ``factory()`` on the loop without waiting; ``future.cancel()`` cancels it."""
         if self._closed:
-            raise ClientClosedError("The client is closed.")
+            raise closed_error("client")
         loop = self._ensure_loop()
         future: PortalFuture[T] = PortalFuture(self)
         call = _Call(factory, self._pending, future)
@@ -232,7 +232,7 @@ class Portal:
             if timed_out:
                 error = OperationTimeoutError(message=f"The operation did not complete within {timeout} s.")
             elif self._closed or not self._accepting:
-                error = ClientClosedError("The client was closed while the call was in progress.")
+                error = closed_error("client", during_call=True)
         try:
             raise error
         finally:
@@ -245,11 +245,11 @@ class Portal:
         self._pending.add(call)
         try:
             if not self._accepting:
-                raise ClientClosedError("The client is closed.")
+                raise closed_error("client")
             loop.call_soon_threadsafe(call.start, loop)
         except RuntimeError as exc:  # the loop closed under us
             self._pending.discard(call)
-            raise ClientClosedError("The client is closed.") from exc
+            raise closed_error("client") from exc
         except BaseException:
             self._pending.discard(call)
             raise
@@ -291,7 +291,7 @@ class Portal:
             return loop
         with self._lock:
             if self._closed:
-                raise ClientClosedError("The client is closed.")
+                raise closed_error("client")
             if self._loop is None:
                 self._start_thread()
             assert self._loop is not None
@@ -326,7 +326,7 @@ class Portal:
         finally:
             self._accepting = False
             for call in list(self._pending):
-                call.finish(ClientClosedError("The client was closed while the call was in progress."))
+                call.finish(closed_error("client", during_call=True))
             try:
                 loop.run_until_complete(loop.shutdown_asyncgens())
             finally:

@@ -102,6 +102,8 @@ def raise_if_lock_lost(message: ServiceBusReceivedMessage) -> None:
     The error carries the renewer's (``message.auto_renew_error``) as ``error``. (A lost
     session lock needs no such check: the SDK's own session receiver refuses every call.)
     """
+    if not isinstance(message, ServiceBusReceivedMessage):
+        return  # not a message at all: the SDK's own TypeError says so
     with _LOST_GUARD:
         error = _LOST.get(message)
     if error is not None:

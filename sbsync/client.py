@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import weakref
 from collections.abc import Hashable, Iterator
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential, TokenCredential
 
 __all__ = ["ServiceBusClient"]
+
+_LOGGER = logging.getLogger(__name__)
 
 
 class ServiceBusClient(Handle[AsyncServiceBusClient]):
@@ -91,6 +94,10 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         self._handles: weakref.WeakSet[Handle[Any]] = weakref.WeakSet()
         self._handles_lock = threading.Lock()  # handles are made in caller threads, closed on the loop
         self._warm: WarmLinks | None = None  # loop thread only
+        # Loop thread only: every SDK sender/receiver of this generation not yet released, so
+        # close() reaches the links of handles dropped unclosed, and their close tasks.
+        self._links: set[Any] = set()
+        self._dropping: set[asyncio.Task[None]] = set()
         # A client dropped without close() (and with no sender/receiver left) stops its loop.
         weakref.finalize(self, self._portal.abandon)
         self._build_now()
@@ -108,6 +115,11 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         **kwargs: Any,
     ) -> ServiceBusClient:
         """Create a client from a connection string (``Endpoint=sb://...;SharedAccessKeyName=...``)."""
+        if not isinstance(conn_str, str):
+            raise TypeError(
+                "conn_str must be a str (a connection string like 'Endpoint=sb://...;"
+                f"SharedAccessKeyName=...;SharedAccessKey=...'), not {type(conn_str).__name__}."
+            )
         props = parse_connection_string(conn_str)  # ValueError for a malformed string, as the SDK
         policy = RetryPolicy(
             retry_total=retry_total,
@@ -154,13 +166,21 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
 
     async def _aclose_all(self) -> None:
         # Links close concurrently: the SDK's own client.close() would close them one by one.
+        # Every handle is released, including one whose close() raced this and found the
+        # client already closing; then whatever dropped handles left open.
         with self._handles_lock:
-            handles = [h for h in self._handles if not h._closed]
+            handles = list(self._handles)
         for handle in handles:
             handle._closed = True
         await asyncio.gather(*(h._aclose() for h in handles), return_exceptions=True)
-        if self._warm is not None and self._sdk_gen == self._portal.generation:
-            await asyncio.gather(*(sdk.close() for sdk in self._warm.drain()), return_exceptions=True)
+        if self._sdk_gen == self._portal.generation:
+            leftovers = list(self._links)
+            self._links.clear()
+            if self._warm is not None:
+                leftovers += self._warm.drain()
+            await asyncio.gather(*(sdk.close() for sdk in leftovers), return_exceptions=True)
+            if self._dropping:
+                await asyncio.wait(list(self._dropping), timeout=CLOSE_TIMEOUT / 2)
         await self._aclose()
 
     # -- factories --------------------------------------------------------------------------
@@ -168,7 +188,49 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
     def _on_new_sdk(self) -> None:
         if self._warm is not None:
             self._portal.orphan(self._warm)  # a forked child must not reuse the parent's links
+            self._portal.orphan(self._links)
         self._warm = WarmLinks()
+        self._links = set()
+        self._dropping = set()
+
+    def _track(self, sdk: Any) -> None:
+        """Loop thread: a sender/receiver built ``sdk`` (see ``_links``)."""
+        self._links.add(sdk)
+
+    def _untrack(self, sdk: Any) -> bool:
+        """Loop thread: ``sdk`` is being released by its handle; False if it was not tracked."""
+        if sdk in self._links:
+            self._links.remove(sdk)
+            return True
+        return False
+
+    def _dropped(self, held: list[Any]) -> None:
+        """Any thread (a finalizer): a sender/receiver was garbage-collected without close().
+
+        Its SDK object is closed on the loop, as the sync SDK's socket goes with its object;
+        otherwise the link would stay open, kept alive by its connection's tasks, until
+        ``client.close()``.
+        """
+        if not held or self._portal.closed:
+            return  # released already, or client.close() is closing it
+        sdk = held[0]
+        try:
+            self._portal.submit(lambda: self._close_dropped(sdk))
+        except Exception:  # the loop is stopping: client.close() or abandon closes it
+            _LOGGER.debug("Could not schedule the close of a dropped link", exc_info=True)
+
+    async def _close_dropped(self, sdk: Any) -> None:
+        if not self._untrack(sdk):
+            return  # released meanwhile, or a previous generation's
+        task = asyncio.current_task()
+        assert task is not None
+        self._dropping.add(task)
+        try:
+            await sdk.close()
+        except Exception:
+            _LOGGER.debug("Error closing a dropped link", exc_info=True)
+        finally:
+            self._dropping.discard(task)
 
     def _warm_sender(self, key: Hashable | None) -> AsyncServiceBusSender | None:
         """Loop thread: a parked sender link for ``key``, if any."""
@@ -184,6 +246,7 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
     def _adopt(self, handle: Handle[Any]) -> None:
         with self._handles_lock:
             self._handles.add(handle)
+        weakref.finalize(handle, self._dropped, handle._held)
         handle._build_now()
 
     def get_queue_sender(

@@ -75,3 +75,19 @@ class LoopThreadError(RuntimeError):
     Raised when called from sbsync's own event-loop thread (for example from a callback
     running on it): the call would wait for the very thread that has to serve it.
     """
+
+
+#: What to do next, by what was closed.
+_REMEDY = {
+    "client": "create a new ServiceBusClient.",
+    "sender": "get a new one from an open ServiceBusClient (client.get_queue_sender(...) or get_topic_sender(...)).",
+    "receiver": "get a new one from an open ServiceBusClient (client.get_queue_receiver(...) or "
+    "get_subscription_receiver(...)).",
+}
+
+
+def closed_error(kind: str, *, during_call: bool = False) -> ClientClosedError:
+    """A :class:`ClientClosedError` for a ``kind`` ("client", "sender", ...) that says what to do."""
+    what = f"The {kind} was closed while the call was in progress" if during_call else f"The {kind} is closed"
+    remedy = _REMEDY.get(kind, "create a new one from an open ServiceBusClient.")
+    return ClientClosedError(f"{what}; {remedy}")

@@ -10,7 +10,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiveMode
 from azure.servicebus.aio import ServiceBusReceiver as AsyncServiceBusReceiver
-from azure.servicebus.exceptions import ServiceBusConnectionError, SessionLockLostError
+from azure.servicebus.exceptions import (
+    MessageLockLostError,
+    ServiceBusConnectionError,
+    ServiceBusError,
+    SessionLockLostError,
+)
 
 from ._handle import Handle, check_count, check_sequence_numbers, check_timeout, check_type
 from ._renewer import raise_if_lock_lost
@@ -40,6 +45,12 @@ def _settle_lane(message: Any) -> str | None:
     return "link" if getattr(message, "_is_deferred_message", False) else None
 
 
+#: Operations on one received message's lock (it lives and dies with the receiving link).
+_MESSAGE_LOCK_OPERATIONS = frozenset(
+    {"complete_message", "abandon_message", "defer_message", "dead_letter_message", "renew_message_lock"}
+)
+
+
 class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
     """Receives from a queue, a subscription, one of their sessions or sub-queues; thread-safe.
 
@@ -65,7 +76,7 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
         max_wait_time: float | None,
         receive_mode: ServiceBusReceiveMode | str,
     ) -> None:
-        super().__init__(client._portal, build)
+        super().__init__(client._portal, build, owner=client)
         self._client = client  # keeps the client (and its loop) alive while this is in use
         self._namespace = client.fully_qualified_namespace
         self._entity = entity
@@ -234,25 +245,46 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
             timeout=timeout,
         )
 
-    # -- a session lost with its connection -----------------------------------------------------
+    # -- what a lost connection takes with it ----------------------------------------------------
 
-    def _retry_futile(self) -> bool:
-        # After a connection error the SDK closes a session receiver for good.
-        session = getattr(self._peek(), "_session", None)
-        return bool(session is not None and session._lock_lost)
+    def _lost_with_link(self, operation: str, cause: BaseException | None = None) -> ServiceBusError | None:
+        """The error ``operation`` must end with once the SDK has closed this receiver's link
+        after a connection error: a session is gone for good, and so is the lock of any message
+        received on that link. None if the operation may still succeed (a receive reconnects)."""
+        sdk = self._peek()
+        if sdk is None or sdk._shutdown.is_set():
+            return None
+        if sdk._session is not None:
+            if not sdk._session._lock_lost:
+                return None
+            return SessionLockLostError(
+                message="The connection was lost, and the session lock with it. "
+                "Accept the session again with a new receiver.",
+                error=cause,
+            )
+        if operation in _MESSAGE_LOCK_OPERATIONS and not sdk._running:
+            return MessageLockLostError(
+                message="The connection was lost, and the message lock with it. Receive the message again.",
+                error=cause,
+            )
+        return None
+
+    def _retry_futile(self, operation: str) -> bool:
+        return self._lost_with_link(operation) is not None
 
     async def _attempts(self, operation: str, fn: Any, lane: str | None, policy: RetryPolicy | None) -> Any:
         try:
             return await super()._attempts(operation, fn, lane, policy)
-        except ServiceBusConnectionError as exc:
-            if not self._retry_futile():
+        except (ServiceBusConnectionError, ValueError) as exc:
+            # Once a connection error closed the link, the SDK refuses message operations with
+            # "the handler has already been shutdown" (ValueError): the lock went with the link.
+            if isinstance(exc, ValueError) and "shutdown" not in str(exc):
                 raise
-            # One error type for "this session is gone", whatever took it.
-            raise SessionLockLostError(
-                message="The connection was lost, and the session lock with it. "
-                "Accept the session again with a new receiver.",
-                error=exc,
-            ) from exc
+            lost = self._lost_with_link(operation, exc)
+            if lost is None:
+                raise
+            # One error type for "this lock is gone", whatever took it.
+            raise lost from exc
 
     # -- lock renewal hand-off ------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ class ServiceBusSender(Handle[AsyncServiceBusSender]):
         entity: str,
         link_key: Hashable | None,
     ) -> None:
-        super().__init__(client._portal, build)
+        super().__init__(client._portal, build, owner=client)
         self._client = client  # keeps the client (and its loop) alive while this is in use
         self._link_key = link_key
         self._namespace = client.fully_qualified_namespace

@@ -208,3 +208,29 @@ def test_a_closed_sender_leaves_its_link_warm_for_the_next(conn_str, queue):
             assert sorted(str(m) for m in receiver.peek_messages(5)) == ["1", "2"]
         parked = client._warm
     assert parked is not None and parked.drain() == []  # client.close() closed the parked links
+
+
+def test_successful_calls_skip_the_retry_machinery(client, monkeypatch):
+    # Building the retry machinery costs more than the thread hop: only a failure engages it.
+    import sbsync._handle as handle_module
+
+    engaged = []
+    real = handle_module.run_with_retry
+
+    def counting(*args, **kwargs):
+        engaged.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(handle_module, "run_with_retry", counting)
+
+    async def ok(_sdk):
+        return 1
+
+    async def fails(_sdk):
+        raise KeyError("not transient")
+
+    assert [client._run("probe", ok) for _ in range(5)] == [1] * 5
+    assert engaged == []
+    with pytest.raises(KeyError):
+        client._run("probe", fails)
+    assert engaged == ["probe"]

@@ -19,6 +19,9 @@ import sbsync
 from sbsync import ServiceBusMessage
 from sbsync.emulator import Emulator
 
+#: Figures of the soak runs in this session (JSON lines), printed in pytest's terminal summary.
+SOAK_REPORTS: list[str] = []
+
 #: Short lock so that lock expiry shows up within a test; long enough not to expire by itself.
 LOCK = 5.0
 
@@ -126,3 +129,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if soak:
         config.hook.pytest_deselected(items=soak)
         items[:] = [item for item in items if not item.get_closest_marker("soak")]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in SOAK_REPORTS:
+        terminalreporter.write_line(f"SOAK FIGURES {line}")

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from sbsync import ServiceBusClient, ServiceBusMessage
-from sbsync._renewer import AutoLockRenewer
+from sbsync import AutoLockRenewer, ServiceBusClient, ServiceBusMessage
 from sbsync.emulator import Emulator
 from sbsync.exceptions import ServiceBusError
 from sbsync.processor import SessionProcessor

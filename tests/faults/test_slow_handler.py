@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from sbsync import ServiceBusClient, ServiceBusMessage
-from sbsync._renewer import AutoLockRenewer
+from sbsync import AutoLockRenewer, ServiceBusClient, ServiceBusMessage
 from sbsync.emulator import Emulator
 from sbsync.exceptions import AutoLockRenewFailed, MessageLockLostError, SessionLockLostError
 from sbsync.processor import SessionContext, SessionProcessor

@@ -391,3 +391,9 @@ def test_executor_and_max_workers_exclusive() -> None:
         AutoLockRenewer(executor=InlineExecutor(), max_workers=2)
     with pytest.raises(ValueError):
         AutoLockRenewer(max_workers=0)
+
+
+def test_raise_if_lock_lost_ignores_what_is_not_a_message() -> None:
+    from sbsync._renewer import raise_if_lock_lost
+
+    raise_if_lock_lost("not a message")  # the SDK's TypeError is the better message
