@@ -9,6 +9,7 @@ matplotlib is installed) a PNG chart.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import selectors
@@ -109,6 +110,7 @@ class Emulator:
                 stderr=errors,
                 text=True,
                 cwd=REPO,
+                preexec_fn=_die_with_parent,
             )
             try:
                 assert proc.stdout is not None
@@ -130,6 +132,16 @@ class Emulator:
                         proc.wait()
                 if proc.stdout is not None:
                     proc.stdout.close()
+
+
+def _die_with_parent() -> None:
+    """In the emulator child (Linux): get SIGTERM when the bench process dies, however it
+    dies (killed, or the hang watchdog's ``_exit``), so no emulator is left running."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _own_socket_inodes() -> set[str]:

@@ -27,10 +27,12 @@ its numbers are not meant to be compared).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import logging
 import os
 import platform
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -67,6 +69,9 @@ WORKLOADS: dict[str, str] = {
     "renewer": "renewer",
     "memory": "memory",
 }
+
+#: Longest a workload may run (the full renewer and processor take ~2-3 minutes).
+WORKLOAD_LIMIT = 420.0
 
 #: Column order in the table (variants some workloads add come after these).
 COLUMNS = (SYNC, "sync-per-thread", "sync-1-worker", AIO, SBSYNC)
@@ -144,11 +149,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     timings: dict[str, float] = {}
     errors: dict[str, str] = {}
+    # A stuck call (a reply that never comes) must not hang CI: `kill -USR1 PID` prints every
+    # thread's stack, and a workload running past WORKLOAD_LIMIT prints them and exits.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     with Emulator.running(*emulator_args) as emulator:
-        log(f"emulator pid {emulator.pid} on port {emulator.port}")
+        log(f"emulator pid {emulator.pid} on port {emulator.port}; bench pid {os.getpid()}")
         ctx = Context(emulator, quick=args.quick, reps=reps, log=log)
         for name, module in chosen.items():
             begun = time.perf_counter()
+            faulthandler.dump_traceback_later(WORKLOAD_LIMIT, exit=True)
             try:
                 rows += module.run(ctx)
             except Exception as exc:  # one broken workload must not lose the others' figures
@@ -156,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"{name} FAILED: {exc!r}")
                 if os.environ.get("BENCH_RAISE"):
                     raise
+            finally:
+                faulthandler.cancel_dump_traceback_later()
             timings[name] = round(time.perf_counter() - begun, 1)
             log(f"{name} done in {timings[name]:.1f} s")
     elapsed = time.perf_counter() - started

@@ -9,6 +9,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -161,21 +162,29 @@ def run_demo(
 def _check(
     client: ServiceBusClient, queue: str, messages: int, sessions: int, result: DemoResult
 ) -> None:
-    for index in range(sessions):
+    def check_session(index: int) -> list[str]:
         sid = _session_id(index)
         expected = list(range(len(range(index, messages, sessions))))
         got = result.received.get(sid, [])
+        problems = []
         if got != expected:
-            result.problems.append(
+            problems.append(
                 f"{sid}: got {len(got)} messages, expected {len(expected)} in order"
                 + ("" if sorted(got) == expected else " (lost or duplicated)")
             )
         with client.get_queue_receiver(queue, session_id=sid, max_wait_time=1) as receiver:
             raw = receiver.session.get_state()
-            state = int(raw) if raw else None
-            result.checkpoints[sid] = state
-            if state != (expected[-1] if expected else None):
-                result.problems.append(f"{sid}: checkpoint {state}, expected {expected[-1]}")
+        state = int(raw) if raw else None
+        result.checkpoints[sid] = state
+        last = expected[-1] if expected else None
+        if state != last:
+            problems.append(f"{sid}: checkpoint {state}, expected {last}")
+        return problems
+
+    # One shared client, many threads: each check opens its own session receiver at once.
+    with ThreadPoolExecutor(max_workers=min(sessions, 32)) as pool:
+        for problems in pool.map(check_session, range(sessions)):
+            result.problems.extend(problems)
 
 
 @contextlib.contextmanager
@@ -187,7 +196,8 @@ def demo_client(connection_string: str | None, queue: str) -> Iterator[ServiceBu
         return
     from .emulator import Emulator
 
-    with Emulator(session_queues=[queue], lock_duration=30) as emulator:
+    # Short session locks, so that the renewer has work to do even in a short demo.
+    with Emulator(session_queues=[queue], lock_duration=5) as emulator:
         with ServiceBusClient.from_connection_string(emulator.connection_string) as client:
             yield client
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Generic, Protocol, TypeVar
 
 from azure.servicebus.exceptions import ServiceBusAuthenticationError
 
-from ._portal import Portal, PortalFuture
+from ._portal import Portal, PortalFuture, freeze_if_exiting
 from ._retry import RetryPolicy, is_idempotent, run_with_retry
 from .exceptions import ClientClosedError, closed_error
 
@@ -289,6 +289,7 @@ class Handle(Generic[SdkT]):
         ``lane``: see :meth:`_invoke`.
         """
         if self._is_closed():
+            freeze_if_exiting()
             raise closed_error(self._kind)
         check_timeout(timeout)
         return self._portal.call(lambda: self._attempts(operation, fn, lane, policy), timeout=timeout)
@@ -298,6 +299,7 @@ class Handle(Generic[SdkT]):
     ) -> PortalFuture[R]:
         """Like :meth:`_run` without blocking (for background work such as lock renewal)."""
         if self._is_closed():
+            freeze_if_exiting()
             raise closed_error(self._kind)
         return self._portal.submit(lambda: self._attempts(operation, fn, lane, policy))
 

@@ -29,7 +29,7 @@ from azure.servicebus.exceptions import OperationTimeoutError
 
 from .exceptions import LoopThreadError, closed_error
 
-__all__ = ["Portal", "PortalFuture"]
+__all__ = ["Portal", "PortalFuture", "freeze_if_exiting"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -47,6 +47,17 @@ _PORTALS: weakref.WeakSet[Portal] = weakref.WeakSet()
 # In a forked child the parent's loop, thread and SDK objects are unusable; they are kept
 # referenced here (never closed) so no finalizer acts on sockets the parent still owns.
 _FORK_ORPHANS: list[object] = []
+# Set at interpreter exit. Only daemon threads are left by then; one blocked in a call stays
+# blocked and dies with the interpreter (as in a blocking socket read of the sync SDK),
+# instead of waking up to a ClientClosedError traceback printed while the interpreter exits.
+_EXITING = False
+
+
+def freeze_if_exiting() -> None:
+    """Caller side, before raising "closed": at interpreter exit, a daemon thread blocks
+    forever instead (see ``_EXITING``); it is about to be stopped with the interpreter."""
+    if _EXITING and threading.current_thread().daemon:
+        threading.Event().wait()
 
 
 class _Call:
@@ -115,6 +126,8 @@ class _Call:
         self.finished = True
         self.error = error
         self._pending.discard(self)
+        if _EXITING:
+            return
         future = self.future
         if future is not None:
             _settle_future(future, self.result, error)
@@ -201,12 +214,14 @@ class Portal:
         traceback, continued by the caller's frames.
         """
         if self._closed:
+            freeze_if_exiting()
             raise closed_error("client")
         return self._call(factory, timeout)
 
     def submit(self, factory: Callable[[], Awaitable[T]]) -> PortalFuture[T]:
         """Schedule ``factory()`` on the loop without waiting; ``future.cancel()`` cancels it."""
         if self._closed:
+            freeze_if_exiting()
             raise closed_error("client")
         loop = self._ensure_loop()
         future: PortalFuture[T] = PortalFuture(self)
@@ -340,6 +355,13 @@ class Portal:
         loop = asyncio.get_running_loop()
         current = asyncio.current_task()
         tasks = [t for t in asyncio.all_tasks(loop) if t is not current]
+        if _EXITING:
+            # The interpreter is going: SDK work is frozen where it is, as a sync SDK call would
+            # be, rather than cancelled into cleanup code that logs tracebacks while it exits.
+            for task in tasks:
+                task._log_destroy_pending = False  # type: ignore[attr-defined]
+            loop.stop()
+            return
         for task in tasks:
             task.cancel()
         if tasks:
@@ -419,6 +441,8 @@ def _after_fork_in_child() -> None:
 
 
 def _shutdown_all_at_exit() -> None:
+    global _EXITING
+    _EXITING = True
     for portal in list(_PORTALS):
         try:
             portal.shutdown(timeout=_ATEXIT_GRACE)

@@ -204,34 +204,6 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
             return True
         return False
 
-    def _dropped(self, held: list[Any]) -> None:
-        """Any thread (a finalizer): a sender/receiver was garbage-collected without close().
-
-        Its SDK object is closed on the loop, as the sync SDK's socket goes with its object;
-        otherwise the link would stay open, kept alive by its connection's tasks, until
-        ``client.close()``.
-        """
-        if not held or self._portal.closed:
-            return  # released already, or client.close() is closing it
-        sdk = held[0]
-        try:
-            self._portal.submit(lambda: self._close_dropped(sdk))
-        except Exception:  # the loop is stopping: client.close() or abandon closes it
-            _LOGGER.debug("Could not schedule the close of a dropped link", exc_info=True)
-
-    async def _close_dropped(self, sdk: Any) -> None:
-        if not self._untrack(sdk):
-            return  # released meanwhile, or a previous generation's
-        task = asyncio.current_task()
-        assert task is not None
-        self._dropping.add(task)
-        try:
-            await sdk.close()
-        except Exception:
-            _LOGGER.debug("Error closing a dropped link", exc_info=True)
-        finally:
-            self._dropping.discard(task)
-
     def _warm_sender(self, key: Hashable | None) -> AsyncServiceBusSender | None:
         """Loop thread: a parked sender link for ``key``, if any."""
         self._sdk()  # a fork since the last call replaces the parked links
@@ -246,7 +218,9 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
     def _adopt(self, handle: Handle[Any]) -> None:
         with self._handles_lock:
             self._handles.add(handle)
-        weakref.finalize(handle, self._dropped, handle._held)
+        # Weakly: a dropped handle must not keep its client (and the client's loop) alive.
+        finalizer = weakref.finalize(handle, _close_dropped_link, weakref.ref(self), handle._held)
+        finalizer.atexit = False  # at exit the portal stops the loop; live links are not "dropped"
         handle._build_now()
 
     def get_queue_sender(
@@ -435,3 +409,38 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
             return "next", iter(page)
 
         return ItemPaged(get_next, extract_data)
+
+
+def _close_dropped_link(client_ref: weakref.ReferenceType[ServiceBusClient], held: list[Any]) -> None:
+    """Any thread (a finalizer): a sender/receiver was garbage-collected without close().
+
+    Its SDK object is closed on the loop, as the sync SDK's socket goes with its object;
+    otherwise the link would stay open, kept alive by its connection's tasks, until
+    ``client.close()``. The close task holds the client's sets, not the client, so a client
+    dropped along with the handle can still be collected (its portal then stops the loop).
+    """
+    client = client_ref()
+    if client is None or not held or client._portal.closed:
+        return  # released already, or closing with the client
+    sdk, links, dropping, portal = held[0], client._links, client._dropping, client._portal
+    del client
+    try:
+        portal.submit(lambda: _aclose_dropped_link(sdk, links, dropping))
+    except Exception:  # the loop is stopping: client.close() or abandon() closes it
+        _LOGGER.debug("Could not schedule the close of a dropped link", exc_info=True)
+
+
+async def _aclose_dropped_link(sdk: Any, links: set[Any], dropping: set[asyncio.Task[None]]) -> None:
+    """Loop thread: close a dropped handle's SDK object unless something else released it."""
+    if sdk not in links:
+        return  # released meanwhile (or by client.close()), or a previous generation's
+    links.discard(sdk)
+    task = asyncio.current_task()
+    assert task is not None
+    dropping.add(task)  # client.close() waits for it
+    try:
+        await sdk.close()
+    except Exception:
+        _LOGGER.debug("Error closing a dropped link", exc_info=True)
+    finally:
+        dropping.discard(task)
