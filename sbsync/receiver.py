@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import TYPE_CHECKING, Any, Callable
 
 from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiveMode
@@ -37,6 +37,14 @@ def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
     return max(deadline - time.monotonic(), _MIN_RECEIVE_WAIT)
+
+
+#: Socket read timeout of a receiver's connection while settlements on it are in flight (the
+#: SDK's default is 0.2 s). A receive waiting for messages holds the socket, writes included,
+#: until its read times out, and a settlement whose reply that receive read waits a whole
+#: timeout more in its own read: at 0.2 s each, settling alongside a receive takes up to
+#: 0.4 s. Lowered only meanwhile, an idle receiver still wakes five times a second, not 100.
+_SETTLING_SOCKET_TIMEOUT = 0.01
 
 
 def _settle_lane(message: Any) -> str | None:
@@ -87,6 +95,9 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
         self._session_registered = False
         self._max_wait_time = max_wait_time
         self._locks_messages = receive_mode != ServiceBusReceiveMode.RECEIVE_AND_DELETE
+        # Loop thread: settlements in flight, and the socket timeouts they lowered (_settling).
+        self._settling_count = 0
+        self._saved_timeouts: tuple[Any, float, Any, float] | None = None
 
     def __repr__(self) -> str:
         closed = " closed" if self._is_closed() else ""
@@ -200,17 +211,17 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
     def complete_message(self, message: ServiceBusReceivedMessage, *, timeout: float | None = None) -> None:
         """Complete the message: it is removed from the entity."""
         raise_if_lock_lost(message)
-        self._run("complete_message", lambda r: r.complete_message(message), timeout=timeout, lane=_settle_lane(message))
+        self._settle("complete_message", message, lambda r: r.complete_message(message), timeout)
 
     def abandon_message(self, message: ServiceBusReceivedMessage, *, timeout: float | None = None) -> None:
         """Abandon the message: its lock is released and it can be received again."""
         raise_if_lock_lost(message)
-        self._run("abandon_message", lambda r: r.abandon_message(message), timeout=timeout, lane=_settle_lane(message))
+        self._settle("abandon_message", message, lambda r: r.abandon_message(message), timeout)
 
     def defer_message(self, message: ServiceBusReceivedMessage, *, timeout: float | None = None) -> None:
         """Defer the message: only ``receive_deferred_messages`` can receive it again."""
         raise_if_lock_lost(message)
-        self._run("defer_message", lambda r: r.defer_message(message), timeout=timeout, lane=_settle_lane(message))
+        self._settle("defer_message", message, lambda r: r.defer_message(message), timeout)
 
     def dead_letter_message(
         self,
@@ -222,11 +233,8 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
     ) -> None:
         """Move the message to the dead-letter sub-queue, with an optional reason and description."""
         raise_if_lock_lost(message)
-        self._run(
-            "dead_letter_message",
-            lambda r: r.dead_letter_message(message, reason, error_description),
-            timeout=timeout,
-            lane=_settle_lane(message),
+        self._settle(
+            "dead_letter_message", message, lambda r: r.dead_letter_message(message, reason, error_description), timeout
         )
 
     def renew_message_lock(
@@ -244,6 +252,48 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
             lambda r: r.renew_message_lock(message, timeout=timeout, **kwargs),
             timeout=timeout,
         )
+
+    def _settle(
+        self,
+        operation: str,
+        message: ServiceBusReceivedMessage,
+        fn: Callable[[AsyncServiceBusReceiver], Awaitable[None]],
+        timeout: float | None,
+    ) -> None:
+        lane = _settle_lane(message)
+        if lane is not None:  # a deferred message: settled by a management request
+            self._run(operation, fn, timeout=timeout, lane=lane)
+        else:
+            self._run(operation, lambda r: self._settling(r, fn), timeout=timeout, lane=None)
+
+    async def _settling(
+        self, sdk: AsyncServiceBusReceiver, fn: Callable[[AsyncServiceBusReceiver], Awaitable[None]]
+    ) -> None:
+        """Loop thread: ``fn(sdk)`` with the socket read timeout lowered while it runs (see
+        ``_SETTLING_SOCKET_TIMEOUT``); the last settlement in flight restores it."""
+        handler: Any = getattr(sdk, "_handler", None)
+        connection = getattr(handler, "_connection", None)
+        if connection is None or not isinstance(getattr(connection, "_socket_timeout", None), (int, float)):
+            await fn(sdk)  # not open yet (the SDK refuses), or a transport without the knob
+            return
+        if self._settling_count == 0:
+            self._saved_timeouts = (handler, handler._socket_timeout, connection, connection._socket_timeout)
+            handler._socket_timeout = min(handler._socket_timeout, _SETTLING_SOCKET_TIMEOUT)
+            connection._socket_timeout = min(connection._socket_timeout, _SETTLING_SOCKET_TIMEOUT)
+        self._settling_count += 1
+        try:
+            await fn(sdk)
+        finally:
+            self._settling_count -= 1
+            if self._settling_count == 0 and self._saved_timeouts is not None:
+                saved_handler, handler_timeout, saved_connection, connection_timeout = self._saved_timeouts
+                self._saved_timeouts = None
+                saved_handler._socket_timeout = handler_timeout
+                saved_connection._socket_timeout = connection_timeout
+                # A connection reopened meanwhile was built with the lowered value: reset it too.
+                current = getattr(saved_handler, "_connection", None)
+                if current is not None:
+                    current._socket_timeout = connection_timeout
 
     # -- what a lost connection takes with it ----------------------------------------------------
 
