@@ -165,6 +165,14 @@ class _Registration:
         return self.expiry - renew_margin(self.span)
 
 
+def describe(renewable: Any) -> str:
+    """A short name for logs: never the message body (it may hold personal data)."""
+    if isinstance(renewable, ServiceBusReceivedMessage):
+        return f"message seq={renewable.sequence_number} id={renewable.message_id}"
+    session_id = getattr(renewable, "session_id", None)
+    return f"session {session_id!r}" if session_id is not None else type(renewable).__name__
+
+
 def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
@@ -298,7 +306,7 @@ class AutoLockRenewer:
                 self._scheduler.cancel(previous)
             self._registrations[id(renewable)] = registration
         _log.debug(
-            "keeping lock on %r for up to %s s (%.1f s left)", renewable, registration.max_duration, span
+            "keeping lock on %s for up to %s s (%.1f s left)", describe(renewable), registration.max_duration, span
         )
         self._scheduler.schedule(registration, registration.renew_at())
 
@@ -361,7 +369,7 @@ class AutoLockRenewer:
             reg.timeout_error = error
             reg.state = _EXPIRING
             reg.target.record(error)
-            _log.debug("max renewal duration reached for %r; letting its lock expire", reg.renewable)
+            _log.debug("max renewal duration reached for %s; letting its lock expire", describe(reg.renewable))
             self._scheduler.schedule(reg, reg.expiry)
         else:
             self.lateness.append(now - due)
@@ -452,12 +460,12 @@ class AutoLockRenewer:
         self._scheduler.cancel(reg)
         reg.target.record(error)
         reg.target.lost(error)
-        _log.warning("lock lost on %r: %s", reg.renewable, error)
+        _log.warning("lock lost on %s: %s", describe(reg.renewable), error)
         if reg.on_failure is not None:
             try:
                 self._callback_executor().submit(self._run_callback, reg.on_failure, reg.renewable, error)
             except RuntimeError:  # the executor was shut down (renewer closing)
-                _log.warning("lock-loss callback for %r not run: the renewer is closed", reg.renewable)
+                _log.warning("lock-loss callback for %s not run: the renewer is closed", describe(reg.renewable))
 
     def _callback_executor(self) -> concurrent.futures.Executor:
         if self._executor is not None:

@@ -212,7 +212,8 @@ class SessionProcessor:
         first = receiver.receive_messages(max_message_count=1, max_wait_time=_ACCEPT_WAIT)
         session = receiver.session
         context = SessionContext(session=session, receiver=receiver)
-        self._renewer.register(receiver, session, on_lock_renew_failure=self._lock_lost)
+        # A lost session lock is logged by the renewer and raised by the worker's next call.
+        self._renewer.register(receiver, session)
         self.stats.add("sessions_accepted")
         _log.debug("worker took session %s", session.session_id)
         if self._on_session_start is not None:
@@ -250,9 +251,6 @@ class SessionProcessor:
         if self._auto_complete:
             receiver.complete_message(message)
             self.stats.add("messages_completed")
-
-    def _lock_lost(self, renewable: Any, error: BaseException | None) -> None:
-        _log.warning("lock lost on %r: %s", renewable, error)
 
     def _report(self, exc: BaseException, context: SessionContext | None) -> None:
         if self._on_error is None:

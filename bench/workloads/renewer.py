@@ -51,11 +51,7 @@ from bench._harness import (
     throughput_figure,
 )
 from bench.workloads._common import AioLoop, Filler
-
-try:  # exported from sbsync once the renewer is wired in; until then, from its module
-    from sbsync import AutoLockRenewer as SbsyncRenewer  # type: ignore[attr-defined]
-except ImportError:
-    from sbsync._renewer import AutoLockRenewer as SbsyncRenewer
+from sbsync import AutoLockRenewer as SbsyncRenewer
 
 #: The sync SDK's renewer with ``max_workers=1``: renewals run one at a time in its dispatcher
 #: thread. With the default pool (6 threads here) the threads renew locks of one receiver

@@ -87,6 +87,38 @@ def test_8_threads_share_one_receiver(client, queue):
     assert max(completed.values()) == 1  # each message completed exactly once
 
 
+def test_settling_alongside_a_waiting_receive_is_quick(client, queue):
+    """A receive waiting for messages holds the socket until its read times out (0.2 s in the
+    SDK), and paced every settlement from other threads by it (p50 ~0.2 s). Settlements lower
+    the read timeout while they are in flight; it is restored once they are done."""
+    total = 40
+    with client.get_queue_sender(queue) as sender:
+        sender.send_messages([ServiceBusMessage(str(i)) for i in range(total)])
+    with client.get_queue_receiver(queue) as receiver:
+        messages = []
+        while len(messages) < total:
+            messages += receiver.receive_messages(total, max_wait_time=2)
+        handler = receiver._peek()._handler
+        defaults = (handler._socket_timeout, handler._connection._socket_timeout)
+        waiter = threading.Thread(target=lambda: receiver.receive_messages(1, max_wait_time=4))
+        waiter.start()
+        time.sleep(0.3)  # the receive is waiting on the socket
+        took = []
+
+        def settle(i):
+            for message in messages[i::4]:
+                start = time.monotonic()
+                receiver.complete_message(message)
+                took.append(time.monotonic() - start)
+
+        _in_threads(4, settle)
+        waiter.join(10)
+        took.sort()
+        assert took[len(took) // 2] < 0.1, f"settlement p50 {took[len(took) // 2]:.3f} s"
+        assert (handler._socket_timeout, handler._connection._socket_timeout) == defaults
+        assert receiver.peek_messages(10) == []
+
+
 def test_threads_share_one_session(client):
     with client.get_queue_sender("sessions-b") as sender:
         sender.send_messages(ServiceBusMessage("s", session_id="shared"))
