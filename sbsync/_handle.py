@@ -91,6 +91,31 @@ def explain_auth_error(exc: ServiceBusAuthenticationError, entity: str) -> Servi
     return explained
 
 
+def close_broken_sockets_too(sdk: Any) -> None:
+    """Make the SDK object's handler teardown also close its socket.
+
+    After a connection error the SDK tears its handler down with the AMQP connection already
+    in state END, and pyamqp's disconnect then skips closing the transport: the socket stays
+    open (CLOSE_WAIT) until the garbage collector finds it, which may be never while a
+    traceback (a logged exception) still references it. This wraps the SDK object's own
+    ``_close_handler`` (this one instance only) to close the writer pyamqp left open.
+    """
+    close_handler = getattr(sdk, "_close_handler", None)
+    if close_handler is None:
+        return
+
+    async def close_handler_and_socket() -> None:
+        connection = getattr(getattr(sdk, "_handler", None), "_connection", None)
+        try:
+            await close_handler()
+        finally:
+            writer = getattr(getattr(connection, "_transport", None), "writer", None)
+            if writer is not None:
+                writer.close()
+
+    sdk._close_handler = close_handler_and_socket
+
+
 class Handle(Generic[SdkT]):
     """Base of the facade classes: SDK object per generation, open guard, close, ``_run``."""
 
@@ -129,6 +154,7 @@ class Handle(Generic[SdkT]):
             if self._sdk_obj is not None:
                 self._portal.orphan(self._sdk_obj)  # the parent process's: never close it here
             self._sdk_obj = self._build()
+            close_broken_sockets_too(self._sdk_obj)
             self._sdk_gen = generation
             self._open_lock = asyncio.Lock()
             self._lanes = {}
