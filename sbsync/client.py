@@ -233,18 +233,7 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
     ) -> ServiceBusSender:
         """A sender for a queue. The link opens on first use (or ``with``), or is a warm one
         a closed sender of this client left with the same arguments."""
-        key = link_key("queue", queue_name, client_identifier, socket_timeout, **kwargs)
-        sender = ServiceBusSender(
-            self,
-            lambda: self._warm_sender(key)
-            or self._sdk().get_queue_sender(
-                queue_name, client_identifier=client_identifier, socket_timeout=socket_timeout, **kwargs
-            ),
-            entity=queue_name,
-            link_key=key,
-        )
-        self._adopt(sender)
-        return sender
+        return self._sender("queue", queue_name, client_identifier, socket_timeout, kwargs)
 
     def get_topic_sender(
         self,
@@ -256,16 +245,26 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
     ) -> ServiceBusSender:
         """A sender for a topic. The link opens on first use (or ``with``), or is a warm one
         a closed sender of this client left with the same arguments."""
-        key = link_key("topic", topic_name, client_identifier, socket_timeout, **kwargs)
-        sender = ServiceBusSender(
-            self,
-            lambda: self._warm_sender(key)
-            or self._sdk().get_topic_sender(
-                topic_name, client_identifier=client_identifier, socket_timeout=socket_timeout, **kwargs
-            ),
-            entity=topic_name,
-            link_key=key,
-        )
+        return self._sender("topic", topic_name, client_identifier, socket_timeout, kwargs)
+
+    def _sender(
+        self,
+        kind: str,
+        entity: str,
+        client_identifier: str | None,
+        socket_timeout: float | None,
+        kwargs: dict[str, Any],
+    ) -> ServiceBusSender:
+        key = link_key(kind, entity, client_identifier, socket_timeout, **kwargs)
+
+        def build() -> Any:  # on the loop thread
+            sdk = self._sdk()
+            make = sdk.get_queue_sender if kind == "queue" else sdk.get_topic_sender
+            return self._warm_sender(key) or make(
+                entity, client_identifier=client_identifier, socket_timeout=socket_timeout, **kwargs
+            )
+
+        sender = ServiceBusSender(self, build, entity=entity, link_key=key)
         self._adopt(sender)
         return sender
 
