@@ -31,6 +31,20 @@ class AioLoop:
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
 
+    def close_all(self, handler: Any, client: Any) -> None:
+        """Close an aio sender or receiver, then its client, then this loop."""
+
+        async def close_handles() -> None:
+            try:
+                await handler.close()
+            finally:
+                await client.close()
+
+        try:
+            self.run(close_handles())
+        finally:
+            self.close()
+
     def close(self) -> None:
         """As ``asyncio.run`` ends: cancel what the SDK left running (keep-alive tasks of
         links it failed to open), let it unwind, then close the loop."""

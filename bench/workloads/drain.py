@@ -94,16 +94,7 @@ class _Aio:
         return {"msgs_per_s": got / meter.regions[""][0]}
 
     def teardown(self) -> None:
-        try:
-            self.aio.run(self._close())
-        finally:
-            self.aio.close()
-
-    async def _close(self) -> None:
-        try:
-            await self.receiver.close()
-        finally:
-            await self.client.close()
+        self.aio.close_all(self.receiver, self.client)
 
 
 def run(ctx: Context) -> list[Row]:

@@ -99,16 +99,7 @@ class _Aio:
         }
 
     def teardown(self) -> None:
-        try:
-            self.aio.run(self._close())
-        finally:
-            self.aio.close()
-
-    async def _close(self) -> None:
-        try:
-            await self.sender.close()
-        finally:
-            await self.client.close()
+        self.aio.close_all(self.sender, self.client)
 
 
 def run(ctx: Context) -> list[Row]:

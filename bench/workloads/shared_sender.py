@@ -245,16 +245,7 @@ class _Aio(_Kept):
         return {"msgs_per_s": each * tasks / meter.regions[""][0]}
 
     def _close(self) -> None:
-        try:
-            self.aio.run(self._aclose())
-        finally:
-            self.aio.close()
-
-    async def _aclose(self) -> None:
-        try:
-            await self.sender.close()
-        finally:
-            await self.client.close()
+        self.aio.close_all(self.sender, self.client)
 
 
 def run(ctx: Context) -> list[Row]:

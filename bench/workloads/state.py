@@ -91,16 +91,7 @@ class _Aio:
         return {"get_state": get, "set_state": put}
 
     def teardown(self) -> None:
-        try:
-            self.aio.run(self._close())
-        finally:
-            self.aio.close()
-
-    async def _close(self) -> None:
-        try:
-            await self.receiver.close()
-        finally:
-            await self.client.close()
+        self.aio.close_all(self.receiver, self.client)
 
 
 def run(ctx: Context) -> list[Row]:
