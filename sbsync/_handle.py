@@ -9,6 +9,7 @@ touched there. Every SDK call goes through :meth:`Handle._run`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import numbers
 import time
@@ -17,6 +18,7 @@ from typing import Any, Callable, Generic, Protocol, TypeVar
 
 from azure.servicebus.exceptions import ServiceBusAuthenticationError
 
+from ._link_hooks import instrument
 from ._portal import Portal, PortalFuture, freeze_if_exiting
 from ._retry import RetryPolicy, is_idempotent, run_with_retry
 from .exceptions import ClientClosedError, closed_error
@@ -67,11 +69,14 @@ def check_type(value: Any, expected: type | tuple[type, ...], name: str) -> None
 
 class LinkOwner(Protocol):
     """The client, seen from its senders and receivers: it tracks every SDK object they open,
-    so ``client.close()`` closes the links of handles that were dropped without ``close()``."""
+    so ``client.close()`` closes the links of handles that were dropped without ``close()``,
+    and waits for releases still running (a receiver's close runs in the background)."""
 
     def _track(self, sdk: Any) -> None: ...
 
     def _untrack(self, sdk: Any) -> bool: ...
+
+    def _wait_on_close(self, release: asyncio.Future[None]) -> None: ...
 
 
 #: The SDK's text for an error it could not describe (its CBS mapping drops the broker's
@@ -91,31 +96,6 @@ def explain_auth_error(exc: ServiceBusAuthenticationError, entity: str) -> Servi
     return explained
 
 
-def close_broken_sockets_too(sdk: Any) -> None:
-    """Make the SDK object's handler teardown also close its socket.
-
-    After a connection error the SDK tears its handler down with the AMQP connection already
-    in state END, and pyamqp's disconnect then skips closing the transport: the socket stays
-    open (CLOSE_WAIT) until the garbage collector finds it, which may be never while a
-    traceback (a logged exception) still references it. This wraps the SDK object's own
-    ``_close_handler`` (this one instance only) to close the writer pyamqp left open.
-    """
-    close_handler = getattr(sdk, "_close_handler", None)
-    if close_handler is None:
-        return
-
-    async def close_handler_and_socket() -> None:
-        connection = getattr(getattr(sdk, "_handler", None), "_connection", None)
-        try:
-            await close_handler()
-        finally:
-            writer = getattr(getattr(connection, "_transport", None), "writer", None)
-            if writer is not None:
-                writer.close()
-
-    sdk._close_handler = close_handler_and_socket
-
-
 class Handle(Generic[SdkT]):
     """Base of the facade classes: SDK object per generation, open guard, close, ``_run``."""
 
@@ -123,6 +103,8 @@ class Handle(Generic[SdkT]):
     #: Receivers open their link lazily inside whichever operation comes first, from several
     #: lanes: until it is open they take the open lock. (A sender's operations share one lane.)
     _guard_open = True
+    #: Whether ``close()`` returns before the SDK object is closed (see the receiver's).
+    _close_in_background = False
 
     def __init__(self, portal: Portal, build: Callable[[], SdkT], owner: LinkOwner | None = None) -> None:
         self._portal = portal
@@ -154,7 +136,7 @@ class Handle(Generic[SdkT]):
             if self._sdk_obj is not None:
                 self._portal.orphan(self._sdk_obj)  # the parent process's: never close it here
             self._sdk_obj = self._build()
-            close_broken_sockets_too(self._sdk_obj)
+            instrument(self._sdk_obj, self._label())
             self._sdk_gen = generation
             self._open_lock = asyncio.Lock()
             self._lanes = {}
@@ -168,6 +150,10 @@ class Handle(Generic[SdkT]):
 
     def _on_new_sdk(self) -> None:
         """Loop thread: hook for subclasses' per-SDK-object state."""
+
+    def _label(self) -> str:
+        """What this handle's link is, for logs (e.g. ``sender link to 'orders'``)."""
+        return f"{self._kind} link to {self._entity!r}"
 
     def _lane(self, lane: str) -> asyncio.Lock:
         """Loop thread: the lock of one lane (see :meth:`_invoke`)."""
@@ -278,6 +264,8 @@ class Handle(Generic[SdkT]):
             if self._owner is not None:
                 self._owner._untrack(sdk)
             self._releasing = asyncio.ensure_future(self._cancel_and_release(sdk, asyncio.current_task()))
+            if self._owner is not None:
+                self._owner._wait_on_close(self._releasing)
         # Shielded: a close() that times out must not cut the release short.
         await asyncio.shield(self._releasing)
 
@@ -361,8 +349,16 @@ class Handle(Generic[SdkT]):
         if self._portal.closed:
             return  # client.close() releases every handle's SDK object, this one included
         try:
-            self._portal.call(self._aclose, timeout=CLOSE_TIMEOUT)
+            if self._close_in_background:
+                self._portal.submit(self._aclose).add_done_callback(self._log_close_error)
+            else:
+                self._portal.call(self._aclose, timeout=CLOSE_TIMEOUT)
         except ClientClosedError:
             pass  # the client closed at the same time: nothing left to close
         except Exception:
             _LOGGER.warning("Error while closing %r", self, exc_info=True)
+
+    def _log_close_error(self, future: concurrent.futures.Future[None]) -> None:
+        exc = None if future.cancelled() else future.exception()
+        if exc is not None and not isinstance(exc, ClientClosedError):
+            _LOGGER.warning("Error while closing %r", self, exc_info=exc)

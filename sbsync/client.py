@@ -24,7 +24,7 @@ from ._credentials import to_async_credential
 from ._handle import CLOSE_TIMEOUT, Handle, check_timeout
 from ._portal import Portal
 from ._retry import RetryPolicy
-from ._warm_links import WarmLinks, link_key
+from ._warm_links import DEFAULT_IDLE_TIMEOUT, WarmLinks, check_idle_timeout, link_key
 from .receiver import ServiceBusReceiver
 from .sender import ServiceBusSender
 
@@ -44,6 +44,11 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
     loop on one daemon thread (``sbsync-loop-N``) that runs ``azure.servicebus.aio`` for
     every sender and receiver it creates. ``close()`` (or ``with``) releases it all; after
     that, every use raises ``ClientClosedError``. A process that never closes still exits.
+
+    Keyword-only extras: ``retry_deadline`` (seconds all attempts of one call may take) and
+    ``sender_idle_timeout`` (seconds a closed sender's link stays open for the next sender
+    with the same arguments; default 60, ``0`` parks none, ``None`` keeps them until
+    ``close()``).
     """
 
     _kind = "client"
@@ -59,6 +64,7 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         retry_backoff_max: float = 120,
         retry_mode: str = "exponential",
         retry_deadline: float | None = None,
+        sender_idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         **kwargs: Any,
     ) -> None:
         if not isinstance(fully_qualified_namespace, str) or not fully_qualified_namespace:
@@ -82,11 +88,20 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
             fully_qualified_namespace,
             lambda: AsyncServiceBusClient(fully_qualified_namespace, async_credential, **options),
             policy=policy,
+            sender_idle_timeout=sender_idle_timeout,
         )
 
     def _setup(
-        self, namespace: str, build: Any, entity: str | None = None, *, policy: RetryPolicy
+        self,
+        namespace: str,
+        build: Any,
+        entity: str | None = None,
+        *,
+        policy: RetryPolicy,
+        sender_idle_timeout: float | None,
     ) -> None:
+        check_idle_timeout(sender_idle_timeout)
+        self._sender_idle_timeout = sender_idle_timeout
         super().__init__(Portal(), build)
         self._retry_policy = policy
         self._namespace = namespace
@@ -95,9 +110,10 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         self._handles_lock = threading.Lock()  # handles are made in caller threads, closed on the loop
         self._warm: WarmLinks | None = None  # loop thread only
         # Loop thread only: every SDK sender/receiver of this generation not yet released, so
-        # close() reaches the links of handles dropped unclosed, and their close tasks.
+        # close() reaches the links of handles dropped unclosed; and the releases and closes
+        # still running (receivers close in the background, idle warm links, dropped handles).
         self._links: set[Any] = set()
-        self._dropping: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Future[None]] = set()
         # A client dropped without close() (and with no sender/receiver left) stops its loop.
         weakref.finalize(self, self._portal.abandon)
         self._build_now()
@@ -112,6 +128,7 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         retry_backoff_max: float = 120,
         retry_mode: str = "exponential",
         retry_deadline: float | None = None,
+        sender_idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         **kwargs: Any,
     ) -> ServiceBusClient:
         """Create a client from a connection string (``Endpoint=sb://...;SharedAccessKeyName=...``)."""
@@ -141,6 +158,7 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
             lambda: AsyncServiceBusClient.from_connection_string(conn_str, **options),
             props.entity_path,
             policy=policy,
+            sender_idle_timeout=sender_idle_timeout,
         )
         return client
 
@@ -179,8 +197,8 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
             if self._warm is not None:
                 leftovers += self._warm.drain()
             await asyncio.gather(*(sdk.close() for sdk in leftovers), return_exceptions=True)
-            if self._dropping:
-                await asyncio.wait(list(self._dropping), timeout=CLOSE_TIMEOUT / 2)
+            if self._closing:
+                await asyncio.wait(list(self._closing), timeout=CLOSE_TIMEOUT / 2)
         await self._aclose()
 
     # -- factories --------------------------------------------------------------------------
@@ -189,13 +207,22 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         if self._warm is not None:
             self._portal.orphan(self._warm)  # a forked child must not reuse the parent's links
             self._portal.orphan(self._links)
-        self._warm = WarmLinks()
+        self._warm = WarmLinks(self._sender_idle_timeout, self._close_later)
         self._links = set()
-        self._dropping = set()
+        self._closing = set()
 
     def _track(self, sdk: Any) -> None:
         """Loop thread: a sender/receiver built ``sdk`` (see ``_links``)."""
         self._links.add(sdk)
+
+    def _close_later(self, sdk: Any) -> None:
+        """Loop thread: close a link no handle holds, in a task ``client.close()`` waits for."""
+        self._wait_on_close(asyncio.ensure_future(_close_quietly(sdk)))
+
+    def _wait_on_close(self, release: asyncio.Future[None]) -> None:
+        """Loop thread: ``client.close()`` waits for ``release`` (a link closing) to end."""
+        self._closing.add(release)
+        release.add_done_callback(self._closing.discard)
 
     def _untrack(self, sdk: Any) -> bool:
         """Loop thread: ``sdk`` is being released by its handle; False if it was not tracked."""
@@ -421,7 +448,7 @@ def _close_dropped_link(client_ref: weakref.ReferenceType[ServiceBusClient], hel
     client = client_ref()
     if client is None or not held or client._portal.closed:
         return  # released already, or closing with the client
-    sdk, links, dropping, portal = held[0], client._links, client._dropping, client._portal
+    sdk, links, dropping, portal = held[0], client._links, client._closing, client._portal
     del client
     try:
         portal.submit(lambda: _aclose_dropped_link(sdk, links, dropping))
@@ -429,7 +456,14 @@ def _close_dropped_link(client_ref: weakref.ReferenceType[ServiceBusClient], hel
         _LOGGER.debug("Could not schedule the close of a dropped link", exc_info=True)
 
 
-async def _aclose_dropped_link(sdk: Any, links: set[Any], dropping: set[asyncio.Task[None]]) -> None:
+async def _close_quietly(sdk: Any) -> None:
+    try:
+        await sdk.close()
+    except Exception:
+        _LOGGER.debug("Error closing a link", exc_info=True)
+
+
+async def _aclose_dropped_link(sdk: Any, links: set[Any], dropping: set[asyncio.Future[None]]) -> None:
     """Loop thread: close a dropped handle's SDK object unless something else released it."""
     if sdk not in links:
         return  # released meanwhile (or by client.close()), or a previous generation's
@@ -438,8 +472,6 @@ async def _aclose_dropped_link(sdk: Any, links: set[Any], dropping: set[asyncio.
     assert task is not None
     dropping.add(task)  # client.close() waits for it
     try:
-        await sdk.close()
-    except Exception:
-        _LOGGER.debug("Error closing a dropped link", exc_info=True)
+        await _close_quietly(sdk)
     finally:
         dropping.discard(task)

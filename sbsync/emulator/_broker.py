@@ -462,6 +462,7 @@ class Entity:
                 st.active += 1
         if self.dlq is not None:
             st.dead_letter = len(self.dlq.messages)
+        st.locked_sessions = sum(1 for sess in self.sessions.values() if sess.holder is not None)
         return st
 
 

@@ -42,6 +42,8 @@ class EntityStats:
     scheduled: int = 0
     deferred: int = 0
     dead_letter: int = 0
+    #: Sessions whose lock a receiver holds (expired locks not yet reaped included).
+    locked_sessions: int = 0
 
 
 _K_ENQUEUED = codec.enc_symbol("x-opt-enqueued-time") + b"\x83"

@@ -56,8 +56,8 @@ def test_same_member_same_signature(ours, theirs, name):
         assert op.default == sp.default, f"{name}({pname}) default {op.default!r} != {sp.default!r}"
     assert [p for p in our_params if p in sdk_params] == list(sdk_params), f"{name}: parameter order differs"
     for pname, op in our_params.items():
-        if pname not in sdk_params:  # sbsync's extras (timeout) are keyword-only and optional
-            assert op.kind is inspect.Parameter.KEYWORD_ONLY and op.default is None, (name, pname)
+        if pname not in sdk_params:  # sbsync's extras (timeout, ...) are keyword-only and optional
+            assert op.kind is inspect.Parameter.KEYWORD_ONLY and op.default is not inspect.Parameter.empty, (name, pname)
 
 
 FACADE_TO_SDK = {ours: theirs for ours, theirs in PAIRS}
