@@ -54,8 +54,7 @@ def _reusable(sdk: Any) -> bool:
 
 
 def _describe(key: Hashable) -> str:
-    kind, name = key[:2]  # type: ignore[index]
-    return f"sender link to {kind} {name!r}"
+    return f"sender link to {key[1]!r}"  # type: ignore[index]  # as the handle's label says
 
 
 class WarmLinks:
