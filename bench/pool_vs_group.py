@@ -33,6 +33,7 @@ import azure.servicebus as sync_sdk
 import sbsync
 from bench._harness import RESULTS_DIR, Emulator, Meter, connection_inodes, interleave
 from bench.workloads._common import SHORT_TTL, messages
+from bench.workloads.shared_sender import run_threads
 
 QUEUE = "bench-pool"
 SYNC, GROUP = "sync", "group"
@@ -76,28 +77,13 @@ class _Variant:
         each = self._total // threads
         batches = [messages(each, ttl=SHORT_TTL) for _ in range(threads)]
         sends = [self._sender_for(i) for i in range(threads)]
-        start = threading.Barrier(threads + 1)
-        errors: list[BaseException] = []
 
-        def caller(index: int) -> None:
-            start.wait()
+        def work(index: int) -> None:
             send = sends[index]
-            try:
-                for message in batches[index]:
-                    send(message)
-            except BaseException as exc:
-                errors.append(exc)
+            for message in batches[index]:
+                send(message)
 
-        workers = [threading.Thread(target=caller, args=(i,)) for i in range(threads)]
-        for worker in workers:
-            worker.start()
-        meter.sample()
-        with meter.timing():
-            start.wait()
-            for worker in workers:
-                worker.join()
-        if errors:
-            raise errors[0]
+        run_threads(meter, threads, work)
         return {"msgs_per_s": each * threads / meter.regions[""][0]}
 
 

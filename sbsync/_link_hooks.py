@@ -2,9 +2,10 @@
 
 The aio SDK opens a link lazily inside whichever operation comes first, and after a
 connection error tears it down and opens a new one on the next attempt; none of that is
-visible from outside. :func:`instrument` wraps the two methods the SDK uses for it, on one
+visible from outside. :func:`instrument` wraps the methods the SDK uses for it, on one
 instance only, so sbsync's DEBUG log says when a link is opened, replaced and closed (the
-client's warm links add reused, parked and idle-closed).
+client's warm links add reused, parked and idle-closed). It also keeps the management reply
+link supplied with credit, which the SDK grants once and never renews.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def instrument(sdk: Any, label: str) -> None:
     setattr(sdk, _MARK, True)
     _log_opens(sdk, label)
     _close_socket_after_handler(sdk, label)
+    _renew_management_credit(sdk, label)
 
 
 def _log_opens(sdk: Any, label: str) -> None:
@@ -78,3 +80,29 @@ def _close_socket_after_handler(sdk: Any, label: str) -> None:
                 _LOGGER.debug("%s closed", label)
 
     sdk._close_handler = close_handler_and_socket
+
+
+def _renew_management_credit(sdk: Any, label: str) -> None:
+    """Top up the credit of the SDK object's ``$management`` reply link once half is spent.
+
+    pyamqp attaches that link with 10,000 credits and never sends another flow, so a broker
+    that honours credit (the emulator does; AMQP requires it) stops answering after 10,000
+    management calls on one link -- session state, lock renewals, peeks -- and the aio SDK
+    then waits forever. A long-lived session receiver renewing its lock and checkpointing
+    state gets there in hours.
+    """
+    request = getattr(sdk, "_mgmt_request_response", None)
+    if request is None:
+        return
+
+    async def request_and_renew_credit(*args: Any, **kwargs: Any) -> Any:
+        response = await request(*args, **kwargs)
+        for operation in list(getattr(getattr(sdk, "_handler", None), "_mgmt_links", {}).values()):
+            link = getattr(getattr(operation, "_mgmt_link", None), "_response_link", None)
+            credit, full = getattr(link, "current_link_credit", None), getattr(link, "link_credit", None)
+            if link is not None and isinstance(credit, int) and isinstance(full, int) and credit <= full // 2:
+                await link.flow()  # back to full credit
+                _LOGGER.debug("%s: management reply link credit renewed (%d left)", label, credit)
+        return response
+
+    sdk._mgmt_request_response = request_and_renew_credit

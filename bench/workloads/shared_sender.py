@@ -48,7 +48,7 @@ QUEUE = "bench-shared"
 EMULATOR_ARGS = ("--queue", QUEUE)
 
 
-def _run_threads(meter: Meter, threads: int, work: Callable[[int], None]) -> None:
+def run_threads(meter: Meter, threads: int, work: Callable[[int], None]) -> None:
     """Start ``threads`` callers, sample, then time from a common start to the last one done."""
     start = threading.Barrier(threads + 1)
     errors: list[BaseException] = []
@@ -158,7 +158,7 @@ class _Shared(_Kept):
                 with guard if guard is not None else nullcontext():
                     send(message)
 
-        _run_threads(meter, threads, work)
+        run_threads(meter, threads, work)
         return {"msgs_per_s": each * threads / meter.regions[""][0]}
 
     def _close(self) -> None:
@@ -195,7 +195,7 @@ class _PerThread:
             for message in batches[index]:
                 send(message)
 
-        _run_threads(meter, self._threads, work)
+        run_threads(meter, self._threads, work)
         return {"msgs_per_s": each * self._threads / meter.regions[""][0]}
 
     def teardown(self) -> None:

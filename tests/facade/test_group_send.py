@@ -74,6 +74,16 @@ class _Caller(threading.Thread):
         return self.outcome
 
 
+def _inline_then_behind(sender: sbsync.ServiceBusSender, first: _Caller, behind: int) -> list[_Caller]:
+    """Start ``first`` and, once its send is on the wire inline, ``behind`` more callers."""
+    first.start()
+    _wait_until(lambda: sender._group._inline)
+    others = [_Caller(sender, f"o{i}") for i in range(behind)]
+    for caller in others:
+        caller.start()
+    return others
+
+
 def test_lone_sends_go_out_in_their_callers_tasks(client, queue):
     with client.get_queue_sender(queue) as sender:
         for i in range(5):
@@ -89,11 +99,7 @@ def test_sends_arriving_during_an_inline_send_travel_together_after_it(client, e
         sender.send_messages(ServiceBusMessage("open"))
         with _slow_sends(emulator, 0.4):
             first = _Caller(sender, "first")
-            first.start()
-            _wait_until(lambda: sender._group._inline)
-            others = [_Caller(sender, f"o{i}") for i in range(6)]
-            for caller in others:
-                caller.start()
+            others = _inline_then_behind(sender, first, 6)
             assert [c.result() for c in [first, *others]] == ["ok"] * 7
         assert not sender._group.busy
     assert any("messages in one transfer" in r.getMessage() for r in caplog.records)
@@ -121,11 +127,7 @@ def test_an_inline_send_that_times_out_does_not_hold_up_those_behind_it(client, 
         sender.send_messages(ServiceBusMessage("open"))
         with _slow_sends(emulator, 1.0):
             first = _Caller(sender, "first", timeout=0.3)
-            first.start()
-            _wait_until(lambda: sender._group._inline)
-            others = [_Caller(sender, f"o{i}") for i in range(3)]
-            for caller in others:
-                caller.start()
+            others = _inline_then_behind(sender, first, 3)
             assert isinstance(first.result(), OperationTimeoutError)
             assert [c.result() for c in others] == ["ok"] * 3
         sender.send_messages(ServiceBusMessage("after"))
@@ -143,11 +145,7 @@ def test_an_inline_send_error_is_its_callers_alone(conn_str, emulator, queue):
             with _slow_sends(emulator, 0.4):
                 emulator.faults.fail_next(1, operation="send")
                 first = _Caller(sender, "first")
-                first.start()
-                _wait_until(lambda: sender._group._inline)
-                others = [_Caller(sender, f"o{i}") for i in range(3)]
-                for caller in others:
-                    caller.start()
+                others = _inline_then_behind(sender, first, 3)
                 assert isinstance(first.result(), ServiceBusServerBusyError)
                 assert [c.result() for c in others] == ["ok"] * 3
             sender.send_messages(ServiceBusMessage("after"))
