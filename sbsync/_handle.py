@@ -341,7 +341,9 @@ class Handle(Generic[SdkT]):
     def close(self) -> None:
         """Close the link; calls in flight on other threads end with ``ClientClosedError``.
 
-        Idempotent. Using the object afterwards raises ``ClientClosedError``.
+        Idempotent. Using the object afterwards raises ``ClientClosedError``. A sender's idle
+        link stays open in the client for the next sender; a receiver's close returns at once
+        and finishes in the background (``client.close()`` waits for it).
         """
         if self._closed:
             return
