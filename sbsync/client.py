@@ -70,19 +70,8 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         if not isinstance(fully_qualified_namespace, str) or not fully_qualified_namespace:
             raise TypeError("fully_qualified_namespace must be a non-empty string.")
         async_credential = to_async_credential(credential)
-        policy = RetryPolicy(
-            retry_total=retry_total,
-            retry_backoff_factor=retry_backoff_factor,
-            retry_backoff_max=retry_backoff_max,
-            retry_mode=retry_mode,
-            deadline=retry_deadline,
-        )
-        options = dict(
-            retry_total=0,  # sbsync's RetryPolicy owns the attempts: the SDK makes one per call
-            retry_backoff_factor=retry_backoff_factor,
-            retry_backoff_max=retry_backoff_max,
-            retry_mode=retry_mode,
-            **kwargs,
+        policy, options = _split_retry_settings(
+            retry_total, retry_backoff_factor, retry_backoff_max, retry_mode, retry_deadline, kwargs
         )
         self._setup(
             fully_qualified_namespace,
@@ -138,19 +127,8 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
                 f"SharedAccessKeyName=...;SharedAccessKey=...'), not {type(conn_str).__name__}."
             )
         props = parse_connection_string(conn_str)  # ValueError for a malformed string, as the SDK
-        policy = RetryPolicy(
-            retry_total=retry_total,
-            retry_backoff_factor=retry_backoff_factor,
-            retry_backoff_max=retry_backoff_max,
-            retry_mode=retry_mode,
-            deadline=retry_deadline,
-        )
-        options = dict(
-            retry_total=0,  # sbsync's RetryPolicy owns the attempts: the SDK makes one per call
-            retry_backoff_factor=retry_backoff_factor,
-            retry_backoff_max=retry_backoff_max,
-            retry_mode=retry_mode,
-            **kwargs,
+        policy, options = _split_retry_settings(
+            retry_total, retry_backoff_factor, retry_backoff_max, retry_mode, retry_deadline, kwargs
         )
         client = cls.__new__(cls)
         client._setup(
@@ -435,6 +413,33 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
             return "next", iter(page)
 
         return ItemPaged(get_next, extract_data)
+
+
+def _split_retry_settings(
+    retry_total: int,
+    retry_backoff_factor: float,
+    retry_backoff_max: float,
+    retry_mode: str,
+    retry_deadline: float | None,
+    kwargs: dict[str, Any],
+) -> tuple[RetryPolicy, dict[str, Any]]:
+    """sbsync's retry policy, and the options for the aio client, which then makes one attempt
+    per call (sbsync's RetryPolicy owns the attempts)."""
+    policy = RetryPolicy(
+        retry_total=retry_total,
+        retry_backoff_factor=retry_backoff_factor,
+        retry_backoff_max=retry_backoff_max,
+        retry_mode=retry_mode,
+        deadline=retry_deadline,
+    )
+    options = dict(
+        retry_total=0,
+        retry_backoff_factor=retry_backoff_factor,
+        retry_backoff_max=retry_backoff_max,
+        retry_mode=retry_mode,
+        **kwargs,
+    )
+    return policy, options
 
 
 def _close_dropped_link(client_ref: weakref.ReferenceType[ServiceBusClient], held: list[Any]) -> None:
