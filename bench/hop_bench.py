@@ -10,7 +10,7 @@ alternate between the variants (each holding its own session) to spread drift ov
 ``bench/results/hop.json``. Last, the hop alone (a coroutine that returns at once) through
 sbsync's portal and through ``run_coroutine_threadsafe``, without I/O noise.
 
-    python bench/hop_bench.py [--calls 4000] [--chunk 200]
+    python -m bench.hop_bench [--calls 4000] [--chunk 200]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import azure.servicebus as sync_sdk
 import azure.servicebus.aio as aio_sdk
 
 import sbsync
+from bench.workloads._common import timed
 
 QUEUE = "bench-sessions"
 RESULTS = Path(__file__).parent / "results" / "hop.json"
@@ -50,16 +51,6 @@ def start_emulator() -> tuple[subprocess.Popen[str], str]:
         proc.kill()
         raise RuntimeError(f"emulator did not start: {conn_str!r}")
     return proc, conn_str
-
-
-def timed(call: Callable[[], object], n: int) -> list[float]:
-    samples = []
-    clock = time.perf_counter
-    for _ in range(n):
-        start = clock()
-        call()
-        samples.append(clock() - start)
-    return samples
 
 
 async def timed_async(call: Callable[[], object], n: int) -> list[float]:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Coroutine
 from typing import Any, Callable, TypeVar
 
+import azure.servicebus.aio as aio_sdk
 from azure.servicebus import ServiceBusClient as SyncClient
 from azure.servicebus import ServiceBusMessage, ServiceBusSender
 
@@ -16,7 +17,42 @@ from bench.emulator_bench import BATCH
 
 T = TypeVar("T")
 
-__all__ = ["SHORT_TTL", "AioLoop", "Filler", "messages", "timed", "timed_async"]
+__all__ = [
+    "SHORT_TTL",
+    "AioLoop",
+    "Filler",
+    "close_blocking",
+    "messages",
+    "open_aio",
+    "open_blocking",
+    "timed",
+    "timed_async",
+]
+
+
+def open_blocking(sdk: Any, conn_str: str, link: Callable[[Any], Any]) -> tuple[Any, Any]:
+    """A client of ``sdk`` (the sync SDK's module or sbsync) and its sender or receiver
+    ``link(client)``, with the link open."""
+    client = sdk.ServiceBusClient.from_connection_string(conn_str)
+    handler = link(client)
+    handler.__enter__()
+    return client, handler
+
+
+def close_blocking(handler: Any, client: Any) -> None:
+    """Close a sender or receiver of the sync SDK or sbsync, then its client."""
+    try:
+        handler.close()
+    finally:
+        client.close()
+
+
+async def open_aio(conn_str: str, link: Callable[[Any], Any]) -> tuple[Any, Any]:
+    """An aio SDK client and its sender or receiver ``link(client)``, with the link open."""
+    client = aio_sdk.ServiceBusClient.from_connection_string(conn_str)
+    handler = link(client)
+    await handler.__aenter__()
+    return client, handler
 
 
 class AioLoop:

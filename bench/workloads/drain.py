@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import azure.servicebus as sync_sdk
-import azure.servicebus.aio as aio_sdk
 
 import sbsync
 from bench._harness import (
@@ -26,7 +25,7 @@ from bench._harness import (
     throughput_figure,
 )
 from bench.emulator_bench import BATCH
-from bench.workloads._common import AioLoop, Filler
+from bench.workloads._common import AioLoop, Filler, close_blocking, open_aio, open_blocking
 
 IMPLS = (SYNC, AIO, SBSYNC)
 QUEUE = "bench-drain"
@@ -39,9 +38,7 @@ class _Blocking:
         self._session, self._count = session, count
 
     def setup(self) -> None:
-        self.client = self._sdk.ServiceBusClient.from_connection_string(self._conn_str)
-        self.receiver = self.client.get_queue_receiver(QUEUE, session_id=self._session)
-        self.receiver.__enter__()
+        self.client, self.receiver = open_blocking(self._sdk, self._conn_str, lambda c: c.get_queue_receiver(QUEUE, session_id=self._session))
 
     def rep(self, meter: Meter) -> dict[str, Any]:
         self._filler.fill(QUEUE, self._count, self._session)
@@ -57,10 +54,7 @@ class _Blocking:
         return {"msgs_per_s": got / meter.regions[""][0]}
 
     def teardown(self) -> None:
-        try:
-            self.receiver.close()
-        finally:
-            self.client.close()
+        close_blocking(self.receiver, self.client)
 
 
 class _Aio:
@@ -73,9 +67,7 @@ class _Aio:
         self.aio.run(self._open())
 
     async def _open(self) -> None:
-        self.client = aio_sdk.ServiceBusClient.from_connection_string(self._conn_str)
-        self.receiver = self.client.get_queue_receiver(QUEUE, session_id=self._session)
-        await self.receiver.__aenter__()
+        self.client, self.receiver = await open_aio(self._conn_str, lambda c: c.get_queue_receiver(QUEUE, session_id=self._session))
 
     def rep(self, meter: Meter) -> dict[str, Any]:
         self._filler.fill(QUEUE, self._count, self._session)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import azure.servicebus as sync_sdk
-import azure.servicebus.aio as aio_sdk
 
 import sbsync
 from bench._harness import (
@@ -25,7 +24,14 @@ from bench._harness import (
     throughput_figure,
 )
 from bench.emulator_bench import BATCH
-from bench.workloads._common import SHORT_TTL, AioLoop, messages
+from bench.workloads._common import (
+    SHORT_TTL,
+    AioLoop,
+    close_blocking,
+    messages,
+    open_aio,
+    open_blocking,
+)
 
 IMPLS = (SYNC, AIO, SBSYNC)
 QUEUES = {name: f"bench-send-{name}" for name in IMPLS}
@@ -38,9 +44,7 @@ class _Blocking:
         self._single, self._batch = single, batch
 
     def setup(self) -> None:
-        self.client = self._sdk.ServiceBusClient.from_connection_string(self._conn_str)
-        self.sender = self.client.get_queue_sender(self._queue)
-        self.sender.__enter__()
+        self.client, self.sender = open_blocking(self._sdk, self._conn_str, lambda c: c.get_queue_sender(self._queue))
         self.sender.send_messages(messages(1))
 
     def rep(self, meter: Meter) -> dict[str, Any]:
@@ -59,10 +63,7 @@ class _Blocking:
         }
 
     def teardown(self) -> None:
-        try:
-            self.sender.close()
-        finally:
-            self.client.close()
+        close_blocking(self.sender, self.client)
 
 
 class _Aio:
@@ -75,9 +76,7 @@ class _Aio:
         self.aio.run(self._open())
 
     async def _open(self) -> None:
-        self.client = aio_sdk.ServiceBusClient.from_connection_string(self._conn_str)
-        self.sender = self.client.get_queue_sender(self._queue)
-        await self.sender.__aenter__()
+        self.client, self.sender = await open_aio(self._conn_str, lambda c: c.get_queue_sender(self._queue))
         await self.sender.send_messages(messages(1))
 
     def rep(self, meter: Meter) -> dict[str, Any]:

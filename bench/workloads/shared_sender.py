@@ -25,7 +25,6 @@ from contextlib import nullcontext
 from typing import Any, Callable
 
 import azure.servicebus as sync_sdk
-import azure.servicebus.aio as aio_sdk
 
 import sbsync
 from bench._harness import (
@@ -40,7 +39,14 @@ from bench._harness import (
     interleave,
     throughput_figure,
 )
-from bench.workloads._common import SHORT_TTL, AioLoop, messages
+from bench.workloads._common import (
+    SHORT_TTL,
+    AioLoop,
+    close_blocking,
+    messages,
+    open_aio,
+    open_blocking,
+)
 
 PER_THREAD = "sync-per-thread"
 IMPLS = (SYNC, PER_THREAD, AIO, SBSYNC)
@@ -143,9 +149,7 @@ class _Shared(_Kept):
         self._lock = threading.Lock() if lock else None
 
     def _open(self) -> None:
-        self.client = self._sdk.ServiceBusClient.from_connection_string(self._conn_str)
-        self.sender = self.client.get_queue_sender(QUEUE)
-        self.sender.__enter__()
+        self.client, self.sender = open_blocking(self._sdk, self._conn_str, lambda c: c.get_queue_sender(QUEUE))
         self.sender.send_messages(messages(1, ttl=SHORT_TTL))
 
     def _rep(self, meter: Meter, threads: int) -> dict[str, Any]:
@@ -162,10 +166,7 @@ class _Shared(_Kept):
         return {"msgs_per_s": each * threads / meter.regions[""][0]}
 
     def _close(self) -> None:
-        try:
-            self.sender.close()
-        finally:
-            self.client.close()
+        close_blocking(self.sender, self.client)
 
 
 class _PerThread:
@@ -176,9 +177,7 @@ class _PerThread:
         self.pairs: list[tuple[Any, Any]] = []
 
     def _open(self, _: int) -> tuple[Any, Any]:
-        client = sync_sdk.ServiceBusClient.from_connection_string(self._conn_str)
-        sender = client.get_queue_sender(QUEUE)
-        sender.__enter__()
+        client, sender = open_blocking(sync_sdk, self._conn_str, lambda c: c.get_queue_sender(QUEUE))
         sender.send_messages(messages(1, ttl=SHORT_TTL))
         return client, sender
 
@@ -199,14 +198,8 @@ class _PerThread:
         return {"msgs_per_s": each * self._threads / meter.regions[""][0]}
 
     def teardown(self) -> None:
-        def close(pair: tuple[Any, Any]) -> None:
-            try:
-                pair[1].close()
-            finally:
-                pair[0].close()
-
         with ThreadPoolExecutor(min(16, max(1, len(self.pairs)))) as pool:
-            list(pool.map(close, self.pairs))
+            list(pool.map(lambda pair: close_blocking(pair[1], pair[0]), self.pairs))
 
 
 class _Aio(_Kept):
@@ -221,9 +214,7 @@ class _Aio(_Kept):
         self.aio.run(self._aopen())
 
     async def _aopen(self) -> None:
-        self.client = aio_sdk.ServiceBusClient.from_connection_string(self._conn_str)
-        self.sender = self.client.get_queue_sender(QUEUE)
-        await self.sender.__aenter__()
+        self.client, self.sender = await open_aio(self._conn_str, lambda c: c.get_queue_sender(QUEUE))
         await self.sender.send_messages(messages(1, ttl=SHORT_TTL))
 
     def _rep(self, meter: Meter, threads: int) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import azure.servicebus as sync_sdk
-import azure.servicebus.aio as aio_sdk
 
 import sbsync
 from bench._harness import (
@@ -25,7 +24,14 @@ from bench._harness import (
     latency_figure,
 )
 from bench.hop_bench import hop_only
-from bench.workloads._common import AioLoop, timed, timed_async
+from bench.workloads._common import (
+    AioLoop,
+    close_blocking,
+    open_aio,
+    open_blocking,
+    timed,
+    timed_async,
+)
 
 QUEUE = "bench-state"
 EMULATOR_ARGS = ("--session-queue", QUEUE)
@@ -42,9 +48,7 @@ class _Blocking:
         self._sdk, self._conn_str, self._session, self._calls = sdk, conn_str, session, calls
 
     def setup(self) -> None:
-        self.client = self._sdk.ServiceBusClient.from_connection_string(self._conn_str)
-        self.receiver = self.client.get_queue_receiver(QUEUE, session_id=self._session)
-        self.receiver.__enter__()
+        self.client, self.receiver = open_blocking(self._sdk, self._conn_str, lambda c: c.get_queue_receiver(QUEUE, session_id=self._session))
         session = self.receiver.session
         session.set_state(STATE)
         timed(session.get_state, WARMUP)
@@ -58,10 +62,7 @@ class _Blocking:
         return {"get_state": get, "set_state": put}
 
     def teardown(self) -> None:
-        try:
-            self.receiver.close()
-        finally:
-            self.client.close()
+        close_blocking(self.receiver, self.client)
 
 
 class _Aio:
@@ -73,9 +74,7 @@ class _Aio:
         self.aio.run(self._open())
 
     async def _open(self) -> None:
-        self.client = aio_sdk.ServiceBusClient.from_connection_string(self._conn_str)
-        self.receiver = self.client.get_queue_receiver(QUEUE, session_id=self._session)
-        await self.receiver.__aenter__()
+        self.client, self.receiver = await open_aio(self._conn_str, lambda c: c.get_queue_receiver(QUEUE, session_id=self._session))
         await self.receiver.session.set_state(STATE)
         await timed_async(self.receiver.session.get_state, WARMUP)
 
