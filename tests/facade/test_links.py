@@ -11,6 +11,7 @@ import pytest
 from azure.servicebus import ServiceBusMessage, ServiceBusReceiveMode
 
 import sbsync
+from sbsync.emulator import EntityConfig
 from sbsync.exceptions import MessageSizeExceededError, ServiceBusServerBusyError
 
 LINKS_LOGGER = "sbsync.links"
@@ -181,23 +182,24 @@ def test_each_caller_of_a_coalesced_send_gets_its_own_outcome(emulator, conn_str
     assert sorted(delivered) == sorted(["open the link", *(f"small-{i}" for i in range(8)), *sent_ok])
 
 
-def test_management_calls_go_on_past_the_reply_links_credit(conn_str, monkeypatch):
+def test_management_calls_go_on_past_the_reply_links_credit(emulator, conn_str, queue, monkeypatch):
     # pyamqp grants a $management reply link DEFAULT_LINK_CREDIT (10,000) replies once and
     # never more. A grant of 20 makes the test quick; the emulator honours it as it would 10,000.
     import azure.servicebus._pyamqp.aio._link_async as aio_link
     import azure.servicebus._pyamqp.link as sync_link
 
+    emulator.create_entity(EntityConfig(name=queue, requires_session=True))  # its own: state is left behind
     monkeypatch.setattr(sync_link, "DEFAULT_LINK_CREDIT", 20)
     monkeypatch.setattr(aio_link, "DEFAULT_LINK_CREDIT", 20)
     # The official SDK stops getting answers once the grant is spent ...
     with sdk.ServiceBusClient.from_connection_string(conn_str, retry_total=0) as official:
-        with official.get_queue_receiver("sessions", session_id="credit-sdk") as receiver:
+        with official.get_queue_receiver(queue, session_id="credit-sdk") as receiver:
             with pytest.raises(sdk.exceptions.OperationTimeoutError):
                 for _ in range(25):
                     receiver.session.get_state(timeout=2)
     # ... sbsync's receivers renew it.
     with sbsync.ServiceBusClient.from_connection_string(conn_str) as client:
-        with client.get_queue_receiver("sessions", session_id="credit") as receiver:
+        with client.get_queue_receiver(queue, session_id="credit") as receiver:
             for i in range(60):
                 receiver.session.set_state(str(i), timeout=5)
             assert receiver.session.get_state(timeout=5) == b"59"
