@@ -120,8 +120,8 @@ def test_receiver_close_returns_at_once_and_releases_the_session_promptly(emulat
             assert [str(m) for m in taken] == ["m1"]
             taker.complete_message(taken[0])
         client.close()
-    assert close_took < 0.1, close_took  # the SDK's own close takes ~0.5 s
-    assert released_after < 0.3, released_after
+    assert close_took < 0.25, close_took  # the SDK's own close takes ~0.5 s
+    assert released_after < 0.4, released_after
     assert taken_after < 1.0, taken_after  # mostly the rival SDK's own ~0.5 s link open
 
 

@@ -204,26 +204,29 @@ def test_timeout_retried_only_when_idempotent() -> None:
 
 
 def test_deadline_stops_before_a_wait_would_cross_it() -> None:
-    # Waits 0.1, 0.2, 0.4 s: after the third failure (t ~ 0.3 s) the next wait would end at
-    # ~0.7 s, past the 0.5 s deadline, so the call gives up then instead of sleeping.
-    policy = RetryPolicy(retry_total=10, retry_backoff_factor=0.05, deadline=0.5)
+    # Waits 0.5, 1, 2 s: after the third failure (t ~ 1.5 s) the next wait would end at
+    # ~3.5 s, past the 2.5 s deadline, so the call gives up then instead of sleeping. (Seconds,
+    # not tenths: a loaded CI box once stretched a 0.1 s sleep past a 0.5 s deadline.)
+    policy = RetryPolicy(retry_total=10, retry_backoff_factor=0.25, deadline=2.5)
     op = _Flaky(*[ServiceBusServerBusyError() for _ in range(20)])
     started = time.monotonic()
     with pytest.raises(ServiceBusServerBusyError):
         asyncio.run(run_with_retry(policy, "op", op, idempotent=False))
     assert op.calls == 3
-    assert time.monotonic() - started < 0.45
+    assert time.monotonic() - started < 2.2
 
 
 def test_deadline_in_real_time_bounds_the_whole_call() -> None:
-    policy = RetryPolicy(retry_total=50, retry_mode="fixed", retry_backoff_factor=0.05, deadline=0.4)
+    # Fixed 0.1 s waits under a 1 s deadline: about 10 attempts (fewer if the box is slow,
+    # which must not let the call outlive its deadline).
+    policy = RetryPolicy(retry_total=50, retry_mode="fixed", retry_backoff_factor=0.1, deadline=1.0)
     op = _Flaky(*[ServiceBusServerBusyError() for _ in range(60)])
     started = time.monotonic()
     with pytest.raises(ServiceBusServerBusyError):
         asyncio.run(run_with_retry(policy, "op", op, idempotent=False))
     elapsed = time.monotonic() - started
-    assert elapsed < 0.4 + 0.1
-    assert 5 <= op.calls <= 9
+    assert elapsed < 1.0 + 0.1
+    assert 5 <= op.calls <= 11
 
 
 def test_retries_are_logged_at_warning(caplog: pytest.LogCaptureFixture) -> None:
