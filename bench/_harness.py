@@ -9,15 +9,9 @@ matplotlib is installed) a PNG chart.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import selectors
-import signal
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -26,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from bench.emulator_bench import cpu_seconds, rss_bytes
+from bench._emulator import REPO, Emulator, cpu_seconds, rss_bytes
 
-REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
 BODY = b"x" * 1024
 
@@ -69,79 +62,6 @@ __all__ = [
     "write_json",
     "write_png",
 ]
-
-
-# -- the emulator, in its own process ----------------------------------------------------------
-
-
-@dataclass
-class Emulator:
-    """A running ``python -m sbsync.emulator`` process (so it has its own GIL)."""
-
-    proc: subprocess.Popen[str]
-    conn_str: str
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def port(self) -> int:
-        # Endpoint=sb://127.0.0.1:PORT/;...
-        endpoint = self.conn_str.split(";", 1)[0]
-        return int(endpoint.rstrip("/").rsplit(":", 1)[1])
-
-    def cpu(self) -> float:
-        return cpu_seconds(self.pid)
-
-    @classmethod
-    @contextmanager
-    def running(cls, *args: str) -> Iterator[Emulator]:
-        """Start ``python -m sbsync.emulator --port 0 ARGS``; stop it on exit.
-
-        Its stderr goes to a temporary file rather than a pipe (``emulator_process`` in
-        bench/emulator_bench.py pipes it and reads it only at the end: a run long enough for
-        the emulator to log 64 KB would block it); the tail is shown if it fails to start.
-        """
-        with tempfile.TemporaryFile("w+") as errors:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "sbsync.emulator", "--port", "0", *args],
-                stdout=subprocess.PIPE,
-                stderr=errors,
-                text=True,
-                cwd=REPO,
-                preexec_fn=_die_with_parent,
-            )
-            try:
-                assert proc.stdout is not None
-                with selectors.DefaultSelector() as selector:
-                    selector.register(proc.stdout, selectors.EVENT_READ)
-                    ready = selector.select(30)
-                conn_str = proc.stdout.readline().strip() if ready else ""
-                if not conn_str.startswith("Endpoint="):
-                    errors.seek(0)
-                    raise RuntimeError(f"the emulator did not start: {errors.read()[-2000:]}")
-                yield cls(proc, conn_str)
-            finally:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
-                if proc.stdout is not None:
-                    proc.stdout.close()
-
-
-def _die_with_parent() -> None:
-    """In the emulator child (Linux): get SIGTERM when the bench process dies, however it
-    dies (killed, or the hang watchdog's ``_exit``), so no emulator is left running."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _own_socket_inodes() -> set[str]:

@@ -24,10 +24,7 @@ import json
 import multiprocessing
 import os
 import platform
-import selectors
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -39,7 +36,8 @@ from typing import Any, Callable
 
 from azure.servicebus import ServiceBusClient, ServiceBusMessage
 
-REPO = Path(__file__).resolve().parents[1]
+from bench._emulator import REPO, Emulator, cpu_seconds, rss_bytes
+
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "emulator.json"
 BODY = b"x" * 1024
 BATCH = 100
@@ -63,54 +61,6 @@ class Sizes:
 
 FULL = Sizes(single=2000, batch=20000, receive=10000, session=10000, memory=100_000)
 QUICK = Sizes(single=200, batch=3000, receive=2000, session=2000, memory=10_000)
-
-
-@contextmanager
-def emulator_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """Start ``python -m sbsync.emulator`` on a free port; yield it and its connection string."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sbsync.emulator", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    try:
-        assert proc.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(proc.stdout, selectors.EVENT_READ)
-            if not selector.select(30):
-                raise RuntimeError("the emulator printed no connection string within 30 s")
-        conn_str = proc.stdout.readline().strip()
-        if not conn_str.startswith("Endpoint="):
-            raise RuntimeError(
-                f"the emulator failed to start: {proc.stderr.read() if proc.stderr else ''}"
-            )
-        yield proc, conn_str
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of a process, from /proc (Linux)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("VmRSS not found")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used, from /proc (Linux)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Clock:
@@ -246,8 +196,9 @@ def throughput(sizes: Sizes, runs: int, log: Callable[[str], None]) -> dict[str,
         ),
     ]
     results: dict[str, Any] = {}
-    with emulator_process(*args) as (proc, conn_str):
-        clock = Clock(proc.pid)
+    with Emulator.running(*args) as emulator:
+        conn_str = emulator.conn_str
+        clock = Clock(emulator.pid)
         scenarios.insert(
             2,
             (
@@ -283,9 +234,10 @@ def throughput(sizes: Sizes, runs: int, log: Callable[[str], None]) -> dict[str,
 
 def memory(count: int, log: Callable[[str], None]) -> dict[str, Any]:
     log(f"memory: queueing {count} messages of 1 KB ...")
-    with emulator_process("--queue", "memory") as (proc, conn_str):
+    with Emulator.running("--queue", "memory") as emulator:
+        conn_str = emulator.conn_str
         time.sleep(0.5)
-        idle = rss_bytes(proc.pid)
+        idle = rss_bytes(emulator.pid)
         with ServiceBusClient.from_connection_string(conn_str) as client:
             started = time.perf_counter()
             fill(client, "memory", count)
@@ -295,7 +247,7 @@ def memory(count: int, log: Callable[[str], None]) -> dict[str, Any]:
                 peeked = receiver.peek_messages(max_message_count=1, sequence_number=count)
                 if len(peeked) != 1:
                     raise RuntimeError("the queue does not hold every message")
-        loaded = rss_bytes(proc.pid)
+        loaded = rss_bytes(emulator.pid)
     return {
         "messages": count,
         "body_bytes": len(BODY),

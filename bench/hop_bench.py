@@ -21,8 +21,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,25 +30,11 @@ import azure.servicebus as sync_sdk
 import azure.servicebus.aio as aio_sdk
 
 import sbsync
+from bench._emulator import Emulator
 from bench.workloads._common import timed
 
 QUEUE = "bench-sessions"
 RESULTS = Path(__file__).parent / "results" / "hop.json"
-
-
-def start_emulator() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sbsync.emulator", "--port", "0", "--session-queue", QUEUE],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    conn_str = proc.stdout.readline().strip()
-    if not conn_str.startswith("Endpoint="):
-        proc.kill()
-        raise RuntimeError(f"emulator did not start: {conn_str!r}")
-    return proc, conn_str
 
 
 async def timed_async(call: Callable[[], object], n: int) -> list[float]:
@@ -180,27 +164,26 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=300)
     args = parser.parse_args()
 
-    proc, conn_str = start_emulator()
-    variants = {"sync-sdk": SyncSdk, "aio-in-loop": AioInLoop, "sbsync": Sbsync, "naive-hop": NaiveHop}
-    runners = {}
-    try:
-        with sync_sdk.ServiceBusClient.from_connection_string(conn_str) as seed:
-            with seed.get_queue_sender(QUEUE) as sender:
-                sender.send_messages([sync_sdk.ServiceBusMessage("x", session_id=f"bench-{n}") for n in variants])
-        # Each variant holds its own session, all open at once; measuring alternates between them
-        # in chunks, so drift in machine load is shared by all.
-        for name, make in variants.items():
-            runners[name] = make(conn_str, f"bench-{name}")
-            runners[name].measure(args.warmup)
-        samples: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(max(1, args.calls // args.chunk)):
-            for name, runner in runners.items():
-                samples[name].extend(runner.measure(args.chunk))
-    finally:
-        for runner in runners.values():
-            runner.close()
-        proc.terminate()
-        proc.wait(10)
+    with Emulator.running("--session-queue", QUEUE) as emulator:
+        conn_str = emulator.conn_str
+        variants = {"sync-sdk": SyncSdk, "aio-in-loop": AioInLoop, "sbsync": Sbsync, "naive-hop": NaiveHop}
+        runners = {}
+        try:
+            with sync_sdk.ServiceBusClient.from_connection_string(conn_str) as seed:
+                with seed.get_queue_sender(QUEUE) as sender:
+                    sender.send_messages([sync_sdk.ServiceBusMessage("x", session_id=f"bench-{n}") for n in variants])
+            # Each variant holds its own session, all open at once; measuring alternates between them
+            # in chunks, so drift in machine load is shared by all.
+            for name, make in variants.items():
+                runners[name] = make(conn_str, f"bench-{name}")
+                runners[name].measure(args.warmup)
+            samples: dict[str, list[float]] = {name: [] for name in variants}
+            for _ in range(max(1, args.calls // args.chunk)):
+                for name, runner in runners.items():
+                    samples[name].extend(runner.measure(args.chunk))
+        finally:
+            for runner in runners.values():
+                runner.close()
 
     rows = {}
     for name, values in samples.items():

@@ -10,7 +10,7 @@ idle main thread, then with a CPU-bound pure-Python main thread, and reports:
 - process CPU while keeping the locks, and over an idle period with no locks (renewer and
   loop thread only).
 
-    python bench/renew_bench.py [--quick] [--locks N] [--lock-duration S] [--out PATH]
+    python -m bench.renew_bench [--quick] [--locks N] [--lock-duration S] [--out PATH]
 
 Writes JSON to bench/results/renew.json (or --out) and prints it.
 """
@@ -21,13 +21,12 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from bench._emulator import Emulator
 from sbsync import AutoLockRenewer, ServiceBusClient, ServiceBusMessage
 
 QUEUE = "renew-bench"
@@ -58,22 +57,6 @@ def burn_cpu(seconds: float) -> None:
             n += i * i % 7
 
 
-def start_emulator(lock_duration: float) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sbsync.emulator", "--port", "0", "--queue", QUEUE,
-         "--lock-duration", str(lock_duration)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    conn_str = proc.stdout.readline().strip()
-    if not conn_str.startswith("Endpoint="):
-        proc.kill()
-        raise RuntimeError("the emulator did not start")
-    return proc, conn_str
-
-
 def keep_alive_phase(renewer: AutoLockRenewer, seconds: float, cpu_bound: bool) -> dict[str, Any]:
     renewer.lateness.clear()
     renewer.round_trips.clear()
@@ -98,9 +81,9 @@ def keep_alive_phase(renewer: AutoLockRenewer, seconds: float, cpu_bound: bool) 
 
 
 def run(locks: int, lock_duration: float, rounds: float, idle_seconds: float) -> dict[str, Any]:
-    proc, conn_str = start_emulator(lock_duration)
-    losses: list[Any] = []
-    try:
+    with Emulator.running("--queue", QUEUE, "--lock-duration", str(lock_duration)) as emulator:
+        conn_str = emulator.conn_str
+        losses: list[Any] = []
         with ServiceBusClient.from_connection_string(conn_str) as client:
             with client.get_queue_sender(QUEUE) as sender:
                 for start in range(0, locks, 100):
@@ -129,9 +112,6 @@ def run(locks: int, lock_duration: float, rounds: float, idle_seconds: float) ->
                 idle_cpu = time.process_time() - cpu0
                 registered_after = len(renewer)
             renewer.close()
-    finally:
-        proc.terminate()
-        proc.wait(10)
     return {
         "locks": locks,
         "lock_duration_s": lock_duration,
