@@ -47,6 +47,9 @@ _PORTALS: weakref.WeakSet[Portal] = weakref.WeakSet()
 # In a forked child the parent's loop, thread and SDK objects are unusable; they are kept
 # referenced here (never closed) so no finalizer acts on sockets the parent still owns.
 _FORK_ORPHANS: list[object] = []
+# Serializes the pid-detected fork reset (see Portal._ensure_loop): a child's first calls
+# may come from several request threads at once.
+_FORK_LOCK = threading.Lock()
 # Set at interpreter exit. Only daemon threads are left by then; one blocked in a call stays
 # blocked and dies with the interpreter (as in a blocking socket read of the sync SDK),
 # instead of waking up to a ClientClosedError traceback printed while the interpreter exits.
@@ -168,10 +171,16 @@ class Portal:
 
     ``generation`` changes when the process forks: objects built on the loop (SDK clients,
     links, locks) belong to one generation and must be rebuilt when it changes.
+
+    A fork is noticed two ways: ``os.register_at_fork`` (``os.fork()``, multiprocessing,
+    gunicorn), and the process id changing since the loop started, checked on every way in
+    (servers that fork at the C level, as uWSGI does by default, run no Python fork hooks).
     """
 
     def __init__(self) -> None:
         self.generation = 0
+        #: The process the loop (if any) runs in; another pid here means we were forked.
+        self._pid = os.getpid()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -231,12 +240,12 @@ class Portal:
         return future
 
     def _call(self, factory: Callable[[], Awaitable[T]], timeout: float | None) -> T:
-        if self._thread_id is not None and threading.get_ident() == self._thread_id:
+        loop = self._ensure_loop()  # first: after a fork, a new thread may reuse the old loop thread's id
+        if threading.get_ident() == self._thread_id:
             raise LoopThreadError(
                 "A blocking sbsync call was made from sbsync's own event-loop thread; it would "
                 "wait for itself forever. Make blocking calls from your own threads."
             )
-        loop = self._ensure_loop()
         call = _Call(factory, self._pending)
         self._schedule(loop, call)
         timed_out = self._wait(loop, call, timeout)
@@ -302,8 +311,9 @@ class Portal:
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
-        if loop is not None:
+        if loop is not None and self._pid == os.getpid():  # the hot path: getpid() and an int compare
             return loop
+        self._reset_if_forked()
         with self._lock:
             if self._closed:
                 raise closed_error("client")
@@ -314,6 +324,7 @@ class Portal:
 
     def _start_thread(self) -> None:
         ready = threading.Event()
+        self._pid = os.getpid()
         name = f"sbsync-loop-{next(_THREAD_NUMBERS)}"
         thread = threading.Thread(target=self._serve, args=(ready, name), name=name, daemon=True)
         thread.start()
@@ -378,6 +389,7 @@ class Portal:
 
         Idempotent. Errors from the finalizer are logged, not raised: closing must finish.
         """
+        self._reset_if_forked()  # never wake or wait for a parent's loop thread
         if self.in_loop_thread:
             raise LoopThreadError("close() cannot be called from sbsync's own event-loop thread.")
         with self._lock:
@@ -406,6 +418,7 @@ class Portal:
         Non-blocking, so it is safe wherever the garbage collector runs it, the loop thread
         included. SDK objects are not closed gracefully; their sockets close with the loop.
         """
+        self._reset_if_forked()
         with self._lock:
             if self._closed:
                 return
@@ -418,8 +431,17 @@ class Portal:
         except RuntimeError:
             pass  # already stopped
 
+    def _reset_if_forked(self) -> None:
+        """Drop the parent's loop if this process is not the one it runs in (a C-level fork,
+        which ran no ``os.register_at_fork`` hook); exactly what that hook would have done."""
+        with _FORK_LOCK:
+            if self._pid != os.getpid():
+                _LOGGER.debug("fork detected by pid (%d -> %d): starting a new loop", self._pid, os.getpid())
+                self._forget_parent()
+
     def _forget_parent(self) -> None:
         """In a forked child: drop the parent's loop and thread without touching them."""
+        self._pid = os.getpid()
         if self._loop is not None:
             _FORK_ORPHANS.append((self._loop, self._thread))
         self._loop = None
@@ -436,6 +458,8 @@ class Portal:
 
 
 def _after_fork_in_child() -> None:
+    global _FORK_LOCK
+    _FORK_LOCK = threading.Lock()
     for portal in list(_PORTALS):
         portal._forget_parent()
 

@@ -113,3 +113,55 @@ def test_client_works_in_a_forked_child(conn_str, queue):
     out, err = proc.communicate(timeout=50)
     assert proc.returncode == 0, out + err
     assert "child-exit 0" in out, out + err
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_client_works_after_a_c_level_fork(conn_str, queue):
+    """As uWSGI forks its workers: libc's fork(), so no ``os.register_at_fork`` hook runs.
+    The child notices the new pid and starts over (four threads racing for the first call);
+    it exits without close() and the parent's link, inherited by the child, is undisturbed."""
+    proc = _spawn(
+        """
+        import ctypes, threading
+        client = sbsync.ServiceBusClient.from_connection_string(conn_str)
+        sender = client.get_queue_sender(queue)
+        sender.send_messages(ServiceBusMessage("before-fork"))
+        pid = ctypes.PyDLL(None).fork()  # PyDLL: holds the GIL across fork(), as uWSGI does
+        if pid == 0:
+            errors = []
+            def send(n):
+                try:
+                    sender.send_messages(ServiceBusMessage(f"child-{n}"), timeout=20)
+                except BaseException as exc:
+                    errors.append(exc)
+            threads = [threading.Thread(target=send, args=(n,)) for n in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            loops = [t.name for t in threading.enumerate() if t.name.startswith("sbsync-loop") and t.is_alive()]
+            print("child", os.getpid(), "errors", errors, flush=True)
+            sys.exit(0 if not errors else 1)  # a normal exit: atexit runs, the client unclosed
+        _, status = os.waitpid(pid, 0)
+        print("child-exit", os.waitstatus_to_exitcode(status), flush=True)
+        sender.send_messages(ServiceBusMessage("parent-after"), timeout=20)  # the parent's link still works
+        got = []
+        with client.get_queue_receiver(queue, max_wait_time=2) as receiver:
+            deadline = time.monotonic() + 15
+            while len(got) < 6 and time.monotonic() < deadline:
+                batch = receiver.receive_messages(10, max_wait_time=2)
+                for m in batch:
+                    receiver.complete_message(m)
+                got += batch
+        client.close()
+        print("parent got", sorted(str(m) for m in got), flush=True)
+        """,
+        conn_str,
+        queue,
+    )
+    out, err = proc.communicate(timeout=50)
+    assert proc.returncode == 0, out + err
+    assert "child-exit 0" in out, out + err
+    expected = sorted(["before-fork", "parent-after"] + [f"child-{n}" for n in range(4)])
+    assert f"parent got {expected}" in out, out + err
+    assert "Traceback" not in err, err
