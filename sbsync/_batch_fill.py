@@ -15,6 +15,7 @@ batches are filled the public way.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -123,5 +124,6 @@ def fill(batch: ServiceBusMessageBatch, messages: Sequence[Any]) -> int:
     return how many went in."""
     global _checked
     if _checked is None:
-        _checked = _check(batch)
+        # In an empty context: with tracing on, the probes' spans must not join a caller's trace.
+        _checked = contextvars.Context().run(_check, batch)
     return _add_all(batch, messages, _stand_in(batch) if _checked else None)

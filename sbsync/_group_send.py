@@ -10,11 +10,18 @@ transfer, so group sends never interleave with the sender's other operations. A 
 the group idle (nothing queued, no transfer in flight, the lane free) is the common case of a
 lone caller: it sends in the caller's own task, saving the flusher's task and hand-off (loop
 iterations, each an epoll round); sends arriving meanwhile queue, and a flusher takes them after.
+
+Tracing (azure-core-tracing-opentelemetry): each entry keeps its caller's context. A message is
+added to its batch in its caller's context (so it carries that caller's trace context), a
+transfer runs in its first caller's context (whose span parents the SDK's send span, linked
+to every message in it), and every other caller of a shared transfer gets the send span the
+SDK would have made for its message alone, in its own trace.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import logging
 from collections import deque
@@ -23,6 +30,7 @@ from typing import Any
 from azure.servicebus import ServiceBusMessage
 
 from ._batch_fill import fill
+from ._sdk import now_ns, record_send_span, tracing_enabled
 
 __all__ = ["SendGroup", "groupable"]
 
@@ -64,13 +72,38 @@ def _settle(entries: list[_Entry], error: BaseException | None) -> None:
             entry.future.set_exception(_own_copy(error) if len(entries) > 1 else error)
 
 
+def _trace_others(sdk: Any, taken: list[_Entry], started: int, error: BaseException | None) -> None:
+    """After a shared transfer: a send span for each caller but the first (whose span is the
+    parent of the SDK's own), in that caller's context."""
+    for entry in taken[1:]:
+        entry.context.run(record_send_span, sdk, entry.message, started, error)
+
+
 class _Entry:
-    __slots__ = ("future", "key", "message")
+    __slots__ = ("context", "future", "key", "message")
 
     def __init__(self, message: ServiceBusMessage, future: asyncio.Future[None]) -> None:
         self.message = message
         self.key = (message.session_id, message.partition_key)
         self.future = future
+        # The caller's (its task runs in a copy of the caller thread's context): for tracing.
+        self.context = contextvars.copy_context()
+
+
+def _fill_in_callers_contexts(batch: Any, entries: list[_Entry]) -> int:
+    """:func:`fill`, each message added in its own caller's context (the SDK stamps a
+    message's trace context when it is added to a batch); how many went in."""
+    added = 0
+    for entry in entries:
+        if not entry.context.run(fill, batch, [entry.message]):
+            break
+        added += 1
+    return added
+
+
+async def _in_context(context: contextvars.Context, awaitable: Any) -> Any:
+    """Await ``awaitable`` in a task running in ``context`` (cancelled with the caller)."""
+    return await context.run(asyncio.ensure_future, awaitable)
 
 
 class SendGroup:
@@ -152,13 +185,22 @@ class SendGroup:
     @staticmethod
     async def _transfer(sdk: Any, taken: list[_Entry], payload: Any) -> None:
         """Send one group and settle each of its callers' futures with the outcome."""
+        traced = tracing_enabled()
+        started = now_ns() if traced else 0
         try:
-            await sdk.send_messages(payload)
+            if traced:
+                await _in_context(taken[0].context, sdk.send_messages(payload))
+            else:
+                await sdk.send_messages(payload)
         except BaseException as exc:
+            if traced:
+                _trace_others(sdk, taken, started, exc)
             _settle(taken, exc)
             if not isinstance(exc, Exception):
                 raise
         else:
+            if traced:
+                _trace_others(sdk, taken, started, None)
             _settle(taken, None)
 
     async def _take(self, sdk: Any) -> tuple[list[_Entry], Any]:
@@ -172,7 +214,12 @@ class SendGroup:
                 return [], None
             head = self._queue[0]
             candidates = [entry for entry in self._queue if entry.key == head.key]
-            added = fill(batch, [entry.message for entry in candidates]) if len(candidates) > 1 else 0
+            if len(candidates) < 2:
+                added = 0
+            elif tracing_enabled():
+                added = _fill_in_callers_contexts(batch, candidates)
+            else:
+                added = fill(batch, [entry.message for entry in candidates])
             if added > 1:
                 taken = candidates[:added]
                 gone = {id(entry) for entry in taken}
