@@ -1,0 +1,1 @@
+"""A Django project following docs/wsgi.rst's recipe: the orders app of ``orders.py``."""
