@@ -166,6 +166,38 @@ class PortalFuture(concurrent.futures.Future[T]):
         return cancelled
 
 
+class _DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor (sync credentials' ``get_token``, ``getaddrinfo`` for a host
+    name): each call in a daemon thread of its own, ending with the call.
+
+    A ThreadPoolExecutor's idle workers are non-daemon threads the interpreter joins at exit.
+    After a fork at the C level (uWSGI's default), the child's interpreter still lists the
+    parent's, which do not exist there: its exit would wait for them forever. These calls are
+    rare (a token refresh, a connection), so a thread each costs nothing that matters.
+    """
+
+    def __init__(self, thread_name_prefix: str) -> None:
+        super().__init__(max_workers=1, thread_name_prefix=thread_name_prefix)
+        self._name_prefix = thread_name_prefix
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # the caller's to handle, on the loop
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        name = f"{self._name_prefix}_{next(_THREAD_NUMBERS)}"
+        threading.Thread(target=run, name=name, daemon=True).start()
+        return future
+
+
 class Portal:
     """Owns one asyncio loop on one daemon thread (``sbsync-loop-N``), started lazily.
 
@@ -337,7 +369,7 @@ class Portal:
         try:
             loop = asyncio.new_event_loop()
             # Named threads for run_in_executor (sync credentials), so they are recognisable.
-            executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"{name}-executor")
+            executor = _DaemonExecutor(thread_name_prefix=f"{name}-executor")
             loop.set_default_executor(executor)
             asyncio.set_event_loop(loop)
         except BaseException:

@@ -119,7 +119,10 @@ def test_client_works_in_a_forked_child(conn_str, queue):
 def test_client_works_after_a_c_level_fork(conn_str, queue):
     """As uWSGI forks its workers: libc's fork(), so no ``os.register_at_fork`` hook runs.
     The child notices the new pid and starts over (four threads racing for the first call);
-    it exits without close() and the parent's link, inherited by the child, is undisturbed."""
+    it exits without close() and the parent's link, inherited by the child, is undisturbed.
+    The host is a name, so connecting runs getaddrinfo in a helper thread of the parent's loop:
+    the child's exit must not wait for that thread, which it does not have."""
+    conn_str = conn_str.replace("127.0.0.1", "localhost")
     proc = _spawn(
         """
         import ctypes, threading

@@ -3,25 +3,30 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
-import statistics
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from gunicorn.config import Config
+from wsgi_servers import (
+    CLIENTS,
+    CUSTOMERS_PER_CLIENT,
+    assert_exactly_once_in_order,
+    customers,
+    drain,
+    fire_orders,
+    get,
+    summary,
+    worker_reports,
+)
 
 import sbsync
 from sbsync.emulator import Emulator, EntityConfig
@@ -30,9 +35,7 @@ EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "flask_app"
 
 WORKERS = 2
 THREADS = 4
-CLIENTS = 20  # concurrent HTTP clients
-CUSTOMERS_PER_CLIENT = 2
-ORDERS_PER_CUSTOMER = 5  # 20 * 2 * 5 = 200 requests
+ORDERS = range(5)  # per customer: 20 clients x 2 customers x 5 = 200 requests
 SHUTDOWN_LIMIT = 5.0
 
 
@@ -96,23 +99,6 @@ class Gunicorn:
         self._log.close()
 
 
-def get(url: str) -> tuple[int, Any]:
-    with urllib.request.urlopen(url, timeout=15) as response:
-        return response.status, json.loads(response.read() or b"null")
-
-
-def post(url: str, payload: dict[str, Any]) -> int:
-    request = urllib.request.Request(
-        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=15) as response:
-            response.read()
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
 @pytest.fixture
 def orders_queue(emulator: Emulator) -> str:
     name = f"orders-{uuid.uuid4().hex[:8]}"
@@ -144,59 +130,6 @@ def gunicorn_factory(tmp_path: Path, conn_str: str, orders_queue: str) -> Iterat
         server.close_log()
 
 
-def fire_orders(server: Gunicorn) -> tuple[list[int], list[float]]:
-    """CLIENTS threads; each posts its customers' orders alternately, each in sequence."""
-    statuses: list[int] = []
-    latencies: list[float] = []
-    lock = threading.Lock()
-
-    def client(index: int) -> None:
-        customers = [f"cust-{index}-{k}" for k in range(CUSTOMERS_PER_CLIENT)]
-        for seq in range(ORDERS_PER_CUSTOMER):
-            for customer in customers:
-                started = time.perf_counter()
-                status = post(server.url(f"/customers/{customer}/orders"), {"seq": seq, "amount": 1})
-                elapsed = time.perf_counter() - started
-                with lock:
-                    statuses.append(status)
-                    latencies.append(elapsed)
-
-    with ThreadPoolExecutor(CLIENTS) as pool:
-        list(pool.map(client, range(CLIENTS)))
-    return statuses, latencies
-
-
-def worker_reports(server: Gunicorn) -> dict[int, dict[str, Any]]:
-    """``/debug/threads`` from every worker: ask concurrently until both have answered."""
-    reports: dict[int, dict[str, Any]] = {}
-    with ThreadPoolExecutor(8) as pool:
-        for _ in range(20):
-            for status, report in pool.map(lambda _: get(server.url("/debug/threads")), range(16)):
-                assert status == 200
-                reports[report["pid"]] = report
-            if len(reports) == WORKERS:
-                break
-    return reports
-
-
-def drain(client: sbsync.ServiceBusClient, queue: str, customers: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Every message of every customer's session, completed, in the order received."""
-
-    def one(customer: str) -> list[dict[str, Any]]:
-        got: list[dict[str, Any]] = []
-        with client.get_queue_receiver(queue, session_id=customer, max_wait_time=1) as receiver:
-            while True:
-                batch = receiver.receive_messages(max_message_count=50, max_wait_time=1)
-                if not batch:
-                    return got
-                for message in batch:
-                    receiver.complete_message(message)
-                    got.append(json.loads(b"".join(message.body)))
-
-    with ThreadPoolExecutor(8) as pool:
-        return dict(zip(customers, pool.map(one, customers)))
-
-
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
 def test_burst_under_gunicorn(
@@ -205,19 +138,14 @@ def test_burst_under_gunicorn(
     server = gunicorn_factory(preload)
     server.wait_ready()
 
-    statuses, latencies = fire_orders(server)
-    total = CLIENTS * CUSTOMERS_PER_CLIENT * ORDERS_PER_CUSTOMER
+    statuses, latencies = fire_orders(server, ORDERS)
+    total = CLIENTS * CUSTOMERS_PER_CLIENT * len(ORDERS)
     assert len(statuses) == total
     assert [s for s in statuses if not 200 <= s < 300] == []
-    latencies.sort()
-    print(
-        f"\n[{'preload' if preload else 'no-preload'}] {total} POSTs, {CLIENTS} at a time: "
-        f"p50 {statistics.median(latencies) * 1000:.1f} ms, p95 {latencies[int(total * 0.95)] * 1000:.1f} ms, "
-        f"max {latencies[-1] * 1000:.1f} ms"
-    )
+    print(f"\n[{'preload' if preload else 'no-preload'}] {total} POSTs, {CLIENTS} at a time: {summary(latencies)}")
 
     # Each worker process: one sbsync loop thread, whatever its number of request threads.
-    reports = worker_reports(server)
+    reports = worker_reports(server, WORKERS, "/debug/threads")
     assert set(reports) == server.worker_pids(), reports
     for report in reports.values():
         # With --preload the app and its client were made in the master, before the fork.
@@ -228,13 +156,8 @@ def test_burst_under_gunicorn(
 
     # Exactly once, each customer's orders in its session in the order they were posted.
     assert emulator.stats(orders_queue).active == total
-    customers = [f"cust-{i}-{k}" for i in range(CLIENTS) for k in range(CUSTOMERS_PER_CLIENT)]
-    received = drain(reader, orders_queue, customers)
-    for customer, orders in received.items():
-        assert [o["seq"] for o in orders] == list(range(ORDERS_PER_CUSTOMER)), customer
-        assert {o["customer_id"] for o in orders} == {customer}
-    order_ids = [o["order_id"] for orders in received.values() for o in orders]
-    assert len(set(order_ids)) == total
+    received = drain(reader, orders_queue, customers(), len(ORDERS))
+    assert assert_exactly_once_in_order(received, ORDERS) == total
     stats = emulator.stats(orders_queue)
     assert (stats.active, stats.locked, stats.dead_letter) == (0, 0, 0)
 

@@ -1,4 +1,4 @@
-"""Driving a real WSGI server in tests: start it, load it with concurrent orders over HTTP,
+"""Driving a real WSGI server (gunicorn, uWSGI) in tests: start it, load it with concurrent orders over HTTP,
 ask each worker about itself, read back what reached the queue."""
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import sbsync
 from sbsync.emulator import Emulator
 
-APP_DIR = Path(__file__).resolve().parent / "app"
+APP_DIR = Path(__file__).resolve().parent / "wsgi" / "app"
 
 #: Which clients the app runs with: sbsync always; ``SBSYNC_WSGI_COMPARE=1`` adds the official
 #: sync SDK as the reference (slow: it opens a link per request), for the numbers in reports.
@@ -126,7 +126,11 @@ def customers() -> list[str]:
     return [f"cust-{i}-{k}" for i in range(CLIENTS) for k in range(CUSTOMERS_PER_CLIENT)]
 
 
-def fire_orders(server: Server, seqs: range) -> tuple[list[int], list[float]]:
+class _Served(Protocol):
+    def url(self, path: str) -> str: ...
+
+
+def fire_orders(server: _Served, seqs: range) -> tuple[list[int], list[float]]:
     """CLIENTS threads; each posts its customers' orders ``seqs`` alternately, in sequence."""
     statuses: list[int] = []
     latencies: list[float] = []
@@ -137,7 +141,7 @@ def fire_orders(server: Server, seqs: range) -> tuple[list[int], list[float]]:
         for seq in seqs:
             for customer in mine:
                 started = time.perf_counter()
-                status = post(server.url(f"/customers/{customer}/orders"), {"seq": seq})
+                status = post(server.url(f"/customers/{customer}/orders"), {"seq": seq, "amount": 1})
                 elapsed = time.perf_counter() - started
                 with lock:
                     statuses.append(status)
@@ -154,12 +158,13 @@ def summary(latencies: list[float]) -> str:
     return f"p50 {statistics.median(ordered) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms"
 
 
-def worker_reports(server: Server, workers: int) -> dict[int, dict[str, Any]]:
-    """``/debug`` from every worker: ask concurrently until each has answered."""
+def worker_reports(server: _Served, workers: int, path: str = "/debug") -> dict[int, dict[str, Any]]:
+    """``path`` (a report with the worker's ``pid``) from every worker: ask concurrently until
+    each has answered."""
     reports: dict[int, dict[str, Any]] = {}
     with ThreadPoolExecutor(8) as pool:
         for _ in range(30):
-            for status, report in pool.map(lambda _: get(server.url("/debug")), range(16)):
+            for status, report in pool.map(lambda _: get(server.url(path)), range(16)):
                 assert status == 200
                 reports[report["pid"]] = report
             if len(reports) == workers:
