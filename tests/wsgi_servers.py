@@ -61,7 +61,9 @@ def app_env(emulator: Emulator, queue: str, client_kind: str) -> dict[str, str]:
     """The environment of app/orders.py (and app/djangoorders) for ``client_kind``."""
     env = dict(os.environ)
     env.update(
-        SERVICEBUS_CONNECTION_STR=emulator.connection_string,
+        # A host name, as in production: connecting then resolves it in a helper thread of the
+        # client's loop (before the fork, with ORDERS_WARM=1), which a worker must not wait for.
+        SERVICEBUS_CONNECTION_STR=emulator.connection_string.replace("127.0.0.1", "localhost"),
         ORDERS_QUEUE=queue,
         ORDERS_CLIENT=client_kind,
         # sbsync: a link open in the process that forks; the SDK is not fork-safe with one.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import sys
 import threading
 import uuid
@@ -32,6 +33,7 @@ if os.environ.get("ORDERS_WARM") == "1":
     with client.get_queue_sender(QUEUE):
         pass
 
+_LOOP_THREAD = re.compile(r"sbsync-loop-\d+")
 _sent = 0
 _sent_lock = threading.Lock()
 
@@ -67,5 +69,7 @@ def healthz() -> Any:
 
 @app.get("/debug")
 def debug() -> Any:
-    loops = [t.name for t in threading.enumerate() if t.name.startswith("sbsync-loop") and t.is_alive()]
+    # Threads of this process only: after a C-level fork, threading still lists the parent's.
+    here = {int(tid) for tid in os.listdir("/proc/self/task")}
+    loops = [t for t in threading.enumerate() if _LOOP_THREAD.fullmatch(t.name) and t.native_id in here]
     return jsonify(pid=os.getpid(), loaded_in=LOADED_IN, sent=_sent, loop_threads=len(loops))

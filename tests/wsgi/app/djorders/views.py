@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import threading
 import uuid
 
@@ -17,6 +18,7 @@ if os.environ.get("ORDERS_CLIENT") == "sdk":
 else:
     from sbsync import ServiceBusMessage
 
+_LOOP_THREAD = re.compile(r"sbsync-loop-\d+")
 _sent = 0
 _sent_lock = threading.Lock()
 
@@ -42,5 +44,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 def debug(request: HttpRequest) -> JsonResponse:
-    loops = [t.name for t in threading.enumerate() if t.name.startswith("sbsync-loop") and t.is_alive()]
+    # Threads of this process only: after a C-level fork, threading still lists the parent's.
+    here = {int(tid) for tid in os.listdir("/proc/self/task")}
+    loops = [t for t in threading.enumerate() if _LOOP_THREAD.fullmatch(t.name) and t.native_id in here]
     return JsonResponse({"pid": os.getpid(), "loaded_in": LOADED_IN, "sent": _sent, "loop_threads": len(loops)})
