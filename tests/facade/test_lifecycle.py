@@ -73,7 +73,7 @@ def test_close_is_idempotent_and_use_after_close_fails_clearly(conn_str, queue):
         lambda: sender.send_messages(ServiceBusMessage("y")),
         lambda: client.get_queue_sender(queue),
         lambda: client.get_queue_receiver(queue),
-        lambda: list(client.list_queue_sessions("sessions")),
+        lambda: list(client.list_queue_sessions(queue)),
     ):
         with pytest.raises(ClientClosedError):
             call()
