@@ -1,4 +1,5 @@
-"""Fixtures for the WSGI servers' tests: one emulator per module, a fresh orders queue."""
+"""Fixtures for the WSGI servers' tests: the plugin's emulator (one per module), a fresh orders
+queue, and a client of the tests' own for reading back."""
 
 from __future__ import annotations
 
@@ -12,13 +13,8 @@ from sbsync.emulator import Emulator, EntityConfig
 
 
 @pytest.fixture(scope="module")
-def emulator() -> Iterator[Emulator]:
-    emu = Emulator(host="127.0.0.1", port=0, auto_create=True)
-    emu.start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
+def emulator(servicebus_emulator: Emulator) -> Emulator:
+    return servicebus_emulator
 
 
 @pytest.fixture(scope="module")
@@ -33,4 +29,3 @@ def orders_queue(emulator: Emulator) -> str:
     name = f"orders-{uuid.uuid4().hex[:8]}"
     emulator.create_entity(EntityConfig(name=name, requires_session=True))
     return name
-
