@@ -10,14 +10,18 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
+
+from gunicorn.config import Config
 
 import sbsync
 from sbsync.emulator import Emulator
@@ -87,15 +91,19 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def worker_pids(self) -> list[int]:
+        """Every worker process started so far, in order (from the log)."""
+        raise NotImplementedError
+
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def wait_serving(self, pids_ready: Any, timeout: float = 60) -> None:
-        """Until ``pids_ready()`` is true and /healthz answers."""
+    def wait_serving(self, workers: int, timeout: float = 60) -> None:
+        """Until ``workers`` workers have been started in all and /healthz answers."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"the server exited early:\n{self.log()}"
-            if pids_ready():
+            if len(self.worker_pids()) >= workers:
                 try:
                     if get(self.url("/healthz"))[0] == 200:
                         return
@@ -111,17 +119,51 @@ class Server:
         self.proc.wait(timeout)
         return time.monotonic() - sent
 
-    def kill(self, pids: Sequence[int]) -> None:
-        """Last resort (a failed test): the master and the workers we know of."""
-        for pid in [self.proc.pid, *pids]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait(10)
-
     def close(self) -> None:
+        """Kill what still runs (a failed test: the master and the workers we know of)."""
+        if self.proc.poll() is None:
+            for pid in [self.proc.pid, *self.worker_pids()]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.proc.wait(10)
         self._log.close()
+
+
+class Gunicorn(Server):
+    """``python -m gunicorn`` with gthread workers on a free loopback port."""
+
+    def __init__(
+        self, app: str, cwd: Path, env: dict[str, str], log_path: Path, workers: int, threads: int, *options: str
+    ) -> None:
+        port = free_port()
+        command = [
+            sys.executable, "-m", "gunicorn",
+            "--workers", str(workers),
+            "--worker-class", "gthread",
+            "--threads", str(threads),
+            "--bind", f"127.0.0.1:{port}",
+            # gunicorn >= 24 opens a control socket under $HOME by default: not in tests.
+            *(["--no-control-socket"] if "control_socket_disable" in Config().settings else []),
+            *options,
+            app,
+        ]
+        super().__init__(command, env, log_path, cwd, port)
+
+    def worker_pids(self) -> list[int]:
+        return [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", self.log())]
+
+
+@contextmanager
+def closing_all() -> Iterator[list[Server]]:
+    """A list for the servers a test starts; each is closed (killed if still running) after."""
+    started: list[Server] = []
+    try:
+        yield started
+    finally:
+        for server in started:
+            server.close()
 
 
 def customers() -> list[str]:

@@ -5,28 +5,25 @@ requests, then SIGTERM."""
 
 from __future__ import annotations
 
-import re
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from gunicorn.config import Config
 from wsgi_servers import (
     APP_DIR,
     CLIENT_KINDS,
     CLIENTS,
     CUSTOMERS_PER_CLIENT,
+    Gunicorn,
     Server,
     app_env,
     assert_exactly_once_in_order,
     closed_in,
+    closing_all,
     customers,
     drain,
     fire_orders,
-    free_port,
     summary,
     worker_reports,
 )
@@ -41,50 +38,23 @@ THREADS = 4
 ORDERS = range(5)  # per customer: 20 clients x 2 customers x 5 = 200 requests
 
 
-class Gunicorn(Server):
-    def __init__(self, env: dict[str, str], tmp_path: Path) -> None:
-        port = free_port()
-        command = [
-            sys.executable, "-m", "gunicorn",
-            "--workers", str(WORKERS),
-            "--worker-class", "gthread",
-            "--threads", str(THREADS),
-            "--preload",
-            "--graceful-timeout", "10",
-            "--bind", f"127.0.0.1:{port}",
-            # gunicorn >= 24 opens a control socket under $HOME by default: not in tests.
-            *(["--no-control-socket"] if "control_socket_disable" in Config().settings else []),
-            "djorders.wsgi:application",
-        ]
-        super().__init__(command, env, tmp_path / "gunicorn.log", APP_DIR, port)
-
-    def worker_pids(self) -> list[int]:
-        return [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", self.log())]
-
-
 @pytest.fixture
-def gunicorn_factory(tmp_path: Path) -> Iterator[Any]:
-    started: list[Gunicorn] = []
-
-    def start(env: dict[str, str]) -> Gunicorn:
-        server = Gunicorn(env, tmp_path)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        if server.proc.poll() is None:
-            server.kill(server.worker_pids())
-        server.close()
+def servers() -> Iterator[list[Server]]:
+    with closing_all() as started:
+        yield started
 
 
 @pytest.mark.parametrize("client_kind", CLIENT_KINDS)
 def test_django_orders_under_gunicorn(
-    client_kind: str, gunicorn_factory: Any, emulator: Emulator, reader: sbsync.ServiceBusClient, orders_queue: str
+    client_kind: str, servers: list[Server], emulator: Emulator, reader: sbsync.ServiceBusClient,
+    orders_queue: str, tmp_path: Path,
 ) -> None:
     label = f"django gunicorn --preload, {client_kind}"
-    server = gunicorn_factory(app_env(emulator, orders_queue, client_kind))
-    server.wait_serving(lambda: len(server.worker_pids()) == WORKERS)
+    env = app_env(emulator, orders_queue, client_kind)
+    server = Gunicorn("djorders.wsgi:application", APP_DIR, env, tmp_path / "gunicorn.log", WORKERS, THREADS,
+                      "--preload", "--graceful-timeout", "10")
+    servers.append(server)
+    server.wait_serving(WORKERS)
 
     statuses, latencies = fire_orders(server, ORDERS)
     total = CLIENTS * CUSTOMERS_PER_CLIENT * len(ORDERS)

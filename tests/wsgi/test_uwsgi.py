@@ -27,6 +27,7 @@ from wsgi_servers import (
     app_env,
     assert_exactly_once_in_order,
     closed_in,
+    closing_all,
     customers,
     drain,
     fire_orders,
@@ -91,19 +92,9 @@ class Uwsgi(Server):
 
 
 @pytest.fixture
-def uwsgi_factory(tmp_path: Path) -> Iterator[Any]:
-    started: list[Uwsgi] = []
-
-    def start(mode: str, env: dict[str, str]) -> Uwsgi:
-        server = Uwsgi(mode, env, tmp_path)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        if server.proc.poll() is None:
-            server.kill(server.worker_pids())
-        server.close()
+def servers() -> Iterator[list[Server]]:
+    with closing_all() as started:
+        yield started
 
 
 def check_burst(server: Uwsgi, seqs: range, label: str) -> dict[int, dict[str, Any]]:
@@ -120,12 +111,13 @@ def check_burst(server: Uwsgi, seqs: range, label: str) -> dict[int, dict[str, A
 @pytest.mark.parametrize("client_kind", CLIENT_KINDS)
 @pytest.mark.parametrize("mode", list(MODES))
 def test_orders_under_uwsgi(
-    mode: str, client_kind: str, uwsgi_factory: Any, emulator: Emulator, reader: sbsync.ServiceBusClient,
+    mode: str, client_kind: str, servers: list[Server], emulator: Emulator, reader: sbsync.ServiceBusClient,
     orders_queue: str, tmp_path: Path,
 ) -> None:
     label = f"uwsgi {mode}, {client_kind}"
-    server = uwsgi_factory(mode, app_env(emulator, orders_queue, client_kind))
-    server.wait_serving(lambda: len(server.worker_pids()) == WORKERS)
+    server = Uwsgi(mode, app_env(emulator, orders_queue, client_kind), tmp_path)
+    servers.append(server)
+    server.wait_serving(WORKERS)
     master = server.proc.pid
 
     reports = check_burst(server, FIRST, label)
@@ -143,7 +135,7 @@ def test_orders_under_uwsgi(
         server.proc.send_signal(signal.SIGTERM)
     else:
         os.utime(server.touch_file)
-    server.wait_serving(lambda: len(server.worker_pids()) == 2 * WORKERS)
+    server.wait_serving(2 * WORKERS)
     assert closed_in(server.log()) >= first_workers, server.log()
     reports = check_burst(server, SECOND, f"{label}, after {RELOADS[mode]} reload")
     assert set(reports) == set(server.worker_pids()[WORKERS:]), (reports, server.log())
