@@ -168,3 +168,20 @@ def test_an_sdk_without_the_tracing_helpers_warns_once(
     warnings = [r for r in caplog.records if r.levelname == "WARNING" and "no send span" in r.getMessage()]
     assert len(warnings) == 1
     assert exporter.get_finished_spans() == ()
+
+
+def test_a_callers_send_span_records_the_shared_transfers_failure(exporter: InMemorySpanExporter) -> None:
+    from azure.servicebus.aio import ServiceBusClient as AsyncClient
+    from opentelemetry.trace import StatusCode
+
+    conn_str = "Endpoint=sb://127.0.0.1:1;SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true"
+    sdk_sender = AsyncClient.from_connection_string(conn_str).get_queue_sender("orders")  # no I/O
+    exporter.clear()
+    with trace.get_tracer(__name__).start_as_current_span("request") as request:
+        started = sbsync._sdk.now_ns()
+        sbsync._sdk.record_send_span(sdk_sender, ServiceBusMessage("x"), started, ValueError("boom"))
+    (send,) = [s for s in exporter.get_finished_spans() if s.name == SEND_SPAN]
+    assert send.parent is not None and send.parent.span_id == request.get_span_context().span_id
+    assert send.start_time == started
+    assert send.status.status_code is StatusCode.ERROR
+    assert (send.attributes or {}).get("messaging.operation") == "publish"
