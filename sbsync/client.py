@@ -24,7 +24,9 @@ from ._credentials import to_async_credential
 from ._handle import CLOSE_TIMEOUT, Handle, check_timeout
 from ._portal import Portal
 from ._retry import RetryPolicy
+from ._sdk import check_hooks
 from ._warm_links import DEFAULT_IDLE_TIMEOUT, WarmLinks, check_idle_timeout, link_key
+from .exceptions import UnsupportedTransportError
 from .receiver import ServiceBusReceiver
 from .sender import ServiceBusSender
 
@@ -424,7 +426,14 @@ def _split_retry_settings(
     kwargs: dict[str, Any],
 ) -> tuple[RetryPolicy, dict[str, Any]]:
     """sbsync's retry policy, and the options for the aio client, which then makes one attempt
-    per call (sbsync's RetryPolicy owns the attempts)."""
+    per call (sbsync's RetryPolicy owns the attempts). Also where options sbsync cannot honour
+    are refused, before anything is built."""
+    if kwargs.get("uamqp_transport"):
+        raise UnsupportedTransportError(
+            "uamqp_transport=True is not supported: sbsync runs azure-servicebus on its default "
+            "pyamqp transport (uAMQP is deprecated upstream). Remove the option."
+        )
+    check_hooks()  # the installed SDK has what sbsync needs (or say what is lost, once)
     policy = RetryPolicy(
         retry_total=retry_total,
         retry_backoff_factor=retry_backoff_factor,
