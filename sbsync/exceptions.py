@@ -102,7 +102,7 @@ class UnsupportedTransportError(ValueError):
 
 #: What to do next, by what was closed.
 _REMEDY = {
-    "client": "create a new ServiceBusClient.",
+    "client": "use the client again to reopen it (as the SDK's client reopens), or create a new one.",
     "sender": "get a new one from an open ServiceBusClient (client.get_queue_sender(...) or get_topic_sender(...)).",
     "receiver": "get a new one from an open ServiceBusClient (client.get_queue_receiver(...) or "
     "get_subscription_receiver(...)).",
