@@ -19,6 +19,7 @@ from ._sdk import (
     is_deferred,
     link_running,
     link_shut_down,
+    require_deferred_lock_token,
     sdk_session,
     session_lock_lost,
 )
@@ -246,6 +247,7 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
         """Renew the message's lock; returns the new expiry (UTC)."""
         check_type(message, ServiceBusReceivedMessage, "message")
         raise_if_lock_lost(message)
+        require_deferred_lock_token(message)
         return self._run(
             "renew_message_lock",
             lambda r: r.renew_message_lock(message, timeout=timeout, **kwargs),
@@ -259,6 +261,7 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
         fn: Callable[[AsyncServiceBusReceiver], Awaitable[None]],
         timeout: float | None,
     ) -> None:
+        require_deferred_lock_token(message)
         lane = _settle_lane(message)
         if lane is not None:  # a deferred message: settled by a management request
             self._run(operation, fn, timeout=timeout, lane=lane)

@@ -17,6 +17,7 @@ from typing import Any
 from azure.servicebus import ServiceBusMessageBatch
 
 from ._batch import fill
+from ._compat import require_deferred_lock_token, require_session_listing
 from ._errors import explain_auth_error, is_shutdown_error, map_sdk_errors
 from ._hooks import (
     HOOKS,
@@ -66,6 +67,8 @@ __all__ = [
     "message_settled",
     "renew_message_locks",
     "report_missing",
+    "require_deferred_lock_token",
+    "require_session_listing",
     "sdk_says_retryable",
     "sdk_session",
     "session_lock_expired",

@@ -289,6 +289,22 @@ HOOKS: dict[str, Hook] = {
             lambda p: _has(p.message, "_received_timestamp_utc"),
         ),
         Hook(
+            "session-listing",
+            "ServiceBusClient.list_queue_sessions/list_subscription_sessions",
+            "aio ServiceBusClient.list_queue_sessions, .list_subscription_sessions (azure-servicebus 7.15+)",
+            "sbsync runs the aio client's session listing; azure-servicebus added it in 7.15",
+            "list_queue_sessions/list_subscription_sessions raise IncompatibleSdkError",
+            lambda p: hasattr(p.client, "list_queue_sessions") and hasattr(p.client, "list_subscription_sessions"),
+        ),
+        Hook(
+            "deferred-lock-token",
+            "settling and renewing deferred messages",
+            "ServiceBusReceivedMessage._received_lock_token (azure-servicebus 7.15+)",
+            "before 7.15 the SDK drops the lock token of a message from receive_deferred_messages",
+            "settling or renewing a deferred message raises IncompatibleSdkError",
+            lambda p: _has(p.message, "_received_lock_token"),
+        ),
+        Hook(
             "retryable-flag",
             "the SDK's retryable verdict on errors",
             "ServiceBusError._retryable",
