@@ -13,7 +13,7 @@ from azure.servicebus.aio import ServiceBusReceiver as AsyncServiceBusReceiver
 from azure.servicebus.exceptions import MessageLockLostError, ServiceBusError, SessionLockLostError
 
 from ._handle import Handle, check_count, check_sequence_numbers, check_timeout, check_type
-from ._renewer import raise_if_lock_lost
+from ._lost_locks import raise_if_lock_lost
 from ._sdk import (
     SettleTimeouts,
     is_deferred,
