@@ -29,6 +29,7 @@ from ._hooks import (
     report_missing,
 )
 from ._links import SettleTimeouts, instrument
+from ._logs import install_log_filter
 from ._state import (
     is_deferred,
     link_reusable,
@@ -55,6 +56,7 @@ __all__ = [
     "check_hooks",
     "explain_auth_error",
     "fill_batch",
+    "install_log_filter",
     "instrument",
     "is_deferred",
     "is_shutdown_error",
