@@ -1,5 +1,7 @@
-"""What the lowest SDK in the range lacks, refused clearly (hooks ``session-listing`` and
-``deferred-lock-token``; both arrived in azure-servicebus 7.15)."""
+"""What the lowest SDK in the range lacks, refused clearly: session listing (hook
+``session-listing``, azure-servicebus 7.15+), and settling a deferred message that came
+without its lock token (before 7.15 the SDK reads it only from the message's delivery
+annotations, where the service puts it)."""
 
 from __future__ import annotations
 
@@ -22,16 +24,16 @@ def require_session_listing() -> None:
 
 
 def require_deferred_lock_token(message: Any) -> None:
-    """Raise if ``message`` is a deferred message the SDK returned without its lock token
-    (azure-servicebus before 7.15): it cannot be settled or renewed."""
+    """Raise if ``message`` is a deferred message the SDK returned without its lock token: it
+    cannot be settled or renewed (the SDK would send a null token and get a broker error)."""
     if (
-        not available("deferred-lock-token")
-        and is_deferred(message)
+        is_deferred(message)
         and not message_settled(message)
         and getattr(message, "lock_token", None) is None
     ):
         raise IncompatibleSdkError(
-            f"azure-servicebus {SDK_VERSION} returns deferred messages without their lock token, so "
-            "they cannot be settled or renewed (fixed in 7.15). Install 'azure-servicebus>=7.15,<8', "
-            "or receive deferred messages with receive_mode=RECEIVE_AND_DELETE."
+            f"This deferred message came without its lock token, so it cannot be settled or renewed "
+            f"(azure-servicebus {SDK_VERSION}; before 7.15 the SDK reads the token only from the "
+            "message's delivery annotations). Install 'azure-servicebus>=7.15,<8', or receive "
+            "deferred messages with receive_mode=RECEIVE_AND_DELETE."
         )

@@ -35,10 +35,31 @@ _LOGGER = logging.getLogger("sbsync.sdk")
 
 #: The installed azure-servicebus.
 SDK_VERSION: str = azure.servicebus.__version__
-#: What setup.cfg accepts (a test keeps the two equal).
-SUPPORTED_RANGE = ">=7.14,<8"
+#: What setup.cfg accepts (a test keeps the two equal). The floor is 7.15: before it the SDK
+#: does not wait for the broker's verdict on a settlement, so completing a message whose lock
+#: was lost "succeeds" silently; it also lacks session listing (see README, "SDK versions").
+SUPPORTED_RANGE = ">=7.15,<8"
+FLOOR = (7, 15)
+CEILING = (8,)
 #: The SDK versions the whole suite ran on.
-VERIFIED = "7.14.0, 7.14.3, 7.15.0"
+VERIFIED = "7.15.0"
+
+
+def version_info(version: str) -> tuple[int, ...]:
+    """``"7.15.0b1"`` -> ``(7, 15, 0)``: the release numbers only."""
+    numbers = []
+    for part in version.split("."):
+        digits = ""
+        for char in part:
+            if not char.isdigit():
+                break
+            digits += char
+        if not digits:
+            break
+        numbers.append(int(digits))
+        if len(digits) < len(part):
+            break
+    return tuple(numbers)
 
 _DUMMY_CONNECTION = "Endpoint=sb://sbsync-probe.invalid/;SharedAccessKeyName=probe;SharedAccessKey=probe"
 
@@ -297,14 +318,6 @@ HOOKS: dict[str, Hook] = {
             lambda p: hasattr(p.client, "list_queue_sessions") and hasattr(p.client, "list_subscription_sessions"),
         ),
         Hook(
-            "deferred-lock-token",
-            "settling and renewing deferred messages",
-            "ServiceBusReceivedMessage._received_lock_token (azure-servicebus 7.15+)",
-            "before 7.15 the SDK drops the lock token of a message from receive_deferred_messages",
-            "settling or renewing a deferred message raises IncompatibleSdkError",
-            lambda p: _has(p.message, "_received_lock_token"),
-        ),
-        Hook(
             "retryable-flag",
             "the SDK's retryable verdict on errors",
             "ServiceBusError._retryable",
@@ -355,11 +368,34 @@ def _warn(hook: Hook, detail: str = "") -> None:
     )
 
 
+def _check_version() -> IncompatibleSdkError | None:
+    """Below the floor: refused. Above the range: one WARNING (each hook is still checked)."""
+    found = version_info(SDK_VERSION)
+    if found < FLOOR:
+        return IncompatibleSdkError(
+            f"sbsync needs azure-servicebus{SUPPORTED_RANGE}; {SDK_VERSION} is installed. Before 7.15 "
+            "the SDK does not wait for the broker's verdict on a settlement (completing a message "
+            "whose lock was lost would seem to succeed). Install: pip install 'azure-servicebus"
+            f"{SUPPORTED_RANGE}'."
+        )
+    if found[:1] >= CEILING:
+        _LOGGER.warning(
+            "azure-servicebus %s is newer than sbsync's supported range (%s, verified on %s); "
+            "each internal sbsync relies on was checked, and any missing one is reported.",
+            SDK_VERSION,
+            SUPPORTED_RANGE,
+            VERIFIED,
+        )
+    return None
+
+
 def check_hooks() -> None:
-    """At client construction: every hook present, or its fallback warned once, or refused."""
+    """At client construction: a supported SDK version, and every hook present, or its fallback
+    warned once, or refused."""
     global _checked, _refusal
     with _lock:
         if not _checked:
+            _refusal = _check_version()
             p = probe()
             for hook in HOOKS.values():
                 try:

@@ -81,7 +81,6 @@ REMOVE = {
     "deferred-flag": lambda mp: _drop_instance_attribute(mp, ServiceBusReceivedMessage, "_is_deferred_message"),
     "received-time": lambda mp: _drop_instance_attribute(mp, ServiceBusReceivedMessage, "_received_timestamp_utc"),
     "session-listing": lambda mp: _drop_method(mp, AsyncServiceBusClient, "list_queue_sessions"),
-    "deferred-lock-token": lambda mp: _drop_instance_attribute(mp, ServiceBusReceivedMessage, "_received_lock_token"),
     "retryable-flag": lambda mp: _drop_instance_attribute(mp, ServiceBusError, "_retryable"),
 }
 
@@ -93,8 +92,6 @@ def test_every_hook_has_a_removal_test_and_says_why_and_where_verified():
 
 
 def test_the_installed_sdk_needs_no_fallback(caplog):
-    if not _hooks.SDK_VERSION.startswith("7.15"):
-        pytest.skip("7.14 lacks session listing and deferred lock tokens: see the 7.14 tests")
     with caplog.at_level(logging.WARNING, logger="sbsync.sdk"):
         sbsync.ServiceBusClient.from_connection_string(DUMMY).close()
     assert caplog.records == []
@@ -110,7 +107,7 @@ def test_a_missing_hook_target_is_a_warning_with_a_fallback_or_a_clear_error(nam
             with pytest.raises(IncompatibleSdkError) as raised:
                 sbsync.ServiceBusClient.from_connection_string(DUMMY)
             text = str(raised.value)
-            assert hook.feature in text and _hooks.SDK_VERSION in text and ">=7.14,<8" in text
+            assert hook.feature in text and _hooks.SDK_VERSION in text and ">=7.15,<8" in text
         else:
             for _ in range(2):  # a second client: no second warning
                 sbsync.ServiceBusClient.from_connection_string(DUMMY).close()
@@ -160,3 +157,15 @@ def test_without_batch_renewal_the_renewer_renews_message_by_message(monkeypatch
                 assert renewer.renewals >= 2
                 for message in messages:
                     receiver.complete_message(message)  # the locks are still held
+
+
+def test_an_sdk_below_the_floor_is_refused_and_one_above_the_range_warned(monkeypatch, caplog):
+    monkeypatch.setattr(_hooks, "SDK_VERSION", "7.14.3")
+    with pytest.raises(IncompatibleSdkError, match=r"azure-servicebus>=7\.15,<8; 7\.14\.3 is installed"):
+        sbsync.ServiceBusClient.from_connection_string(DUMMY)
+    _hooks.reset()
+    monkeypatch.setattr(_hooks, "SDK_VERSION", "8.0.0b1")
+    with caplog.at_level(logging.WARNING, logger="sbsync.sdk"):
+        sbsync.ServiceBusClient.from_connection_string(DUMMY).close()
+    assert "azure-servicebus 8.0.0b1 is newer than sbsync's supported range" in caplog.text
+    assert _hooks.version_info("7.15.0") == (7, 15, 0) and _hooks.version_info("8.0.0b1") == (8, 0, 0)
