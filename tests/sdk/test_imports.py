@@ -90,3 +90,49 @@ def test_no_import_cycle():
             walk(name, [name])
     assert cycles == []
 
+
+
+#: Private names of other libraries than the SDK that sbsync touches, with why.
+NOT_THE_SDK = {
+    "_log_destroy_pending": "asyncio.Task: a task frozen at interpreter exit must not warn",
+}
+
+
+def test_no_private_sdk_name_outside_the_sdk_door():
+    """Outside ``sbsync/_sdk``: no private SDK module imported, and no private attribute read
+    that sbsync does not define itself (sbsync's own ``_portal``, ``_closed``... are fine)."""
+    modules = _modules()
+    outside = {name: tree for name, tree in modules.items() if not name.startswith("sbsync._sdk")}
+    # What sbsync defines itself, outside the door (a name it also uses for its own attributes,
+    # such as _session, cannot be told apart here).
+    own: set[str] = set()
+    for tree in outside.values():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                own.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                own.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                own.add(node.id)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                own.update((alias.asname or alias.name).split(".")[-1] for alias in node.names)
+    own.update(name.rpartition(".")[2] for name in modules)  # sbsync._portal and the like
+    found = []
+    for name, tree in outside.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("azure.") and "._" in node.module:
+                found.append(f"{name}:{node.lineno} imports {node.module}")
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                if node.attr not in own and node.attr not in NOT_THE_SDK:
+                    found.append(f"{name}:{node.lineno} reads .{node.attr}")
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in {"getattr", "hasattr", "setattr"}
+                and len(node.args) > 1
+                and isinstance(node.args[1], ast.Constant)
+                and str(node.args[1].value).startswith("_")
+                and node.args[1].value not in own
+            ):
+                found.append(f"{name}:{node.lineno} {node.func.id}(..., {node.args[1].value!r})")
+    assert found == []
