@@ -116,6 +116,14 @@ def build_parser(prog: str = "python -m sbsync.emulator") -> argparse.ArgumentPa
         metavar="SECONDS",
         help="time to live of messages that set none (default: unlimited)",
     )
+    settings.add_argument(
+        "--next-session-wait",
+        type=_positive_float,
+        default=65.0,
+        metavar="SECONDS",
+        help="how long a next-available-session receiver that sets no timeout of its own "
+             "waits for a session (%(default)s, as the service)",
+    )
     auth = parser.add_argument_group("authentication (development defaults, not secrets)")
     auth.add_argument("--key-name", default=_DEV_KEY_NAME, help="SAS key name (%(default)s)")
     auth.add_argument("--key", default=_DEV_KEY, help="SAS key (%(default)s)")
@@ -216,6 +224,7 @@ def _build(emulator_class: type[Emulator], args: argparse.Namespace, topics: lis
         tls_port=args.tls_port,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        next_session_wait=args.next_session_wait,
     )
 
 
