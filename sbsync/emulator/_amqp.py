@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import deque
 from typing import Any, Callable
 
@@ -334,12 +335,18 @@ class Adapter:
         message-format); a body that merely looks like one but does not parse as messages
         throughout is taken as a plain message."""
         inner = codec.split_batch(data)
+        parsed = None
         if inner:
             try:
-                return [codec.parse_message(p) for p in inner]
+                parsed = [codec.parse_message(p) for p in inner]
             except codec.CodecError:
                 pass
-        return [codec.parse_message(data)]
+        if parsed is None:
+            parsed = [codec.parse_message(data)]
+        for p in parsed:
+            if not p.has_id:
+                codec.ensure_message_id(p, uuid.uuid4().hex)
+        return parsed
 
     # ------------------------------------------------------------ CBS
 
