@@ -157,10 +157,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m sbsync.emu
         sys.stdout.write(emulator.connection_string + "\n")
         sys.stdout.flush()
         _LOGGER.info("listening on %s:%s; stop with Ctrl+C", emulator.host, emulator.port)
-        if emulator.tls_port is not None:
-            _LOGGER.info("TLS only on %s:%s", emulator.host, emulator.tls_port)
-        _LOGGER.info("TLS clients trust %s (connection_verify=, REQUESTS_CA_BUNDLE, "
-                     "NODE_EXTRA_CA_CERTS)", emulator.ca_file)
+        if emulator.tls_port is not None or args.tls_cert:
+            if emulator.tls_port is not None:
+                _LOGGER.info("TLS only on %s:%s", emulator.host, emulator.tls_port)
+            _LOGGER.info("TLS clients trust %s (connection_verify=, REQUESTS_CA_BUNDLE, "
+                         "NODE_EXTRA_CA_CERTS)", emulator.ca_file)
+        else:  # making the CA costs ~10 MiB and ~0.3 s: only when a TLS client comes
+            _LOGGER.info("TLS on the same port too: its development CA is made (and its "
+                         "path logged) on the first TLS connection; --tls-port or "
+                         "--tls-cert make it now")
         _wait_for_signal()
     finally:
         emulator.stop()
@@ -256,6 +261,7 @@ def _configure_logging(verbose: bool) -> None:
     )
     if not verbose:
         _LOGGER.setLevel(logging.INFO)
+        logging.getLogger("sbsync.emulator._tls").setLevel(logging.INFO)  # the CA's path
 
 
 def _port(text: str) -> int:
