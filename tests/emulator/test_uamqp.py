@@ -27,7 +27,7 @@ from azure.servicebus.exceptions import OperationTimeoutError, SessionCannotBeLo
 
 from sbsync.emulator import Emulator
 
-from .conftest import new_queue, receive, tls_conn_str
+from .conftest import Sdk, new_queue, receive, tls_client, tls_conn_str
 
 pytest.importorskip("uamqp", reason="the uamqp package (test extra) is not installed")
 
@@ -67,16 +67,17 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def test_same_port_tls(servicebus_emulator: Emulator) -> None:
-    """The AMQP port itself serves uAMQP's TLS (the first byte tells it apart)."""
+def test_same_port_tls(servicebus_emulator: Emulator, sdk: Sdk) -> None:
+    """The AMQP port itself serves uAMQP's TLS (the first byte tells it apart); sync and
+    aio (uAMQP's async code path)."""
     queue = new_queue(servicebus_emulator)
-    with _uamqp_client(servicebus_emulator, servicebus_emulator.port) as client:
-        with client.get_queue_sender(queue) as sender:
-            sender.send_messages(ServiceBusMessage("same port"))
-        with client.get_queue_receiver(queue) as receiver:
-            (message,) = receive(receiver, 1)
-            assert str(message) == "same port"
-            receiver.complete_message(message)
+    client = tls_client(sdk, servicebus_emulator, uamqp_transport=True, retry_total=0)
+    sender, receiver = sdk.open(client.get_queue_sender(queue), client.get_queue_receiver(queue))
+    sender.send_messages(ServiceBusMessage("same port"))
+    (message,) = receive(receiver, 1)
+    assert str(message) == "same port"
+    receiver.complete_message(message)
+    assert len(sender.schedule_messages(ServiceBusMessage("x"), _now())) == 1  # management
 
 
 def test_settlement_and_dead_lettering(servicebus_emulator: Emulator,
