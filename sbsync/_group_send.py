@@ -29,8 +29,7 @@ from typing import Any
 
 from azure.servicebus import ServiceBusMessage
 
-from ._batch_fill import fill
-from ._sdk import now_ns, record_send_span, tracing_enabled
+from ._sdk import fill_batch, now_ns, record_send_span, tracing_enabled
 
 __all__ = ["SendGroup", "groupable"]
 
@@ -91,11 +90,11 @@ class _Entry:
 
 
 def _fill_in_callers_contexts(batch: Any, entries: list[_Entry]) -> int:
-    """:func:`fill`, each message added in its own caller's context (the SDK stamps a
+    """:func:`fill_batch`, each message added in its own caller's context (the SDK stamps a
     message's trace context when it is added to a batch); how many went in."""
     added = 0
     for entry in entries:
-        if not entry.context.run(fill, batch, [entry.message]):
+        if not entry.context.run(fill_batch, batch, [entry.message]):
             break
         added += 1
     return added
@@ -219,7 +218,7 @@ class SendGroup:
             elif tracing_enabled():
                 added = _fill_in_callers_contexts(batch, candidates)
             else:
-                added = fill(batch, [entry.message for entry in candidates])
+                added = fill_batch(batch, [entry.message for entry in candidates])
             if added > 1:
                 taken = candidates[:added]
                 gone = {id(entry) for entry in taken}

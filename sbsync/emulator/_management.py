@@ -6,7 +6,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from proton import UNDESCRIBED, Array, Data, Message, symbol, timestamp
+from proton import UNDESCRIBED, Array, Data, Message, int32, symbol, timestamp
 
 from . import _codec as codec
 from ._broker import Entity
@@ -86,7 +86,9 @@ class Management:
         op = _str(props.get("operation")) or ""
         status, text, body, condition = self._dispatch(link, op, req.body, props)
         _LOG.debug("%s on %s -> %d %s", op, link.emu_entity.path, status, condition or "")
-        app: dict[Any, Any] = {"statusCode": status, "statusDescription": text}
+        # the service's types: statusCode an AMQP int (uAMQP refuses a long), errorCondition
+        # a symbol
+        app: dict[Any, Any] = {"statusCode": int32(status), "statusDescription": text}
         if condition:
             app["errorCondition"] = symbol(condition)
         response = Message(correlation_id=req.id if req.id is not None else req.correlation_id,
@@ -181,8 +183,9 @@ class Management:
         found = entity.by_sequence(seqs, holder, sess, peek_lock, now_ms())
         out = []
         for m in found:
-            item: dict[str, Any] = {"message": m.encode(m.locked_until_ms if peek_lock else None)}
-            if peek_lock and m.lock_token is not None:
+            token = m.lock_token if peek_lock else None
+            item: dict[str, Any] = {"message": m.encode(m.locked_until_ms if peek_lock else None, token)}
+            if token is not None:
                 item["lock-token"] = m.lock_token
             out.append(item)
         return 200, "OK", {"messages": out}, None
@@ -244,4 +247,5 @@ class Management:
         ids = entity.list_sessions(since_ms)[skip: skip + top]
         if not ids:
             return 204, "No sessions", None, None
-        return 200, "OK", {"skip": skip + len(ids), "sessions-ids": ids}, None
+        return 200, "OK", {"skip": int32(skip + len(ids)),
+                           "sessions-ids": _array(Data.STRING, ids)}, None

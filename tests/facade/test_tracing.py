@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import sbsync
 import sbsync._sdk
 from sbsync import ServiceBusMessage, ServiceBusReceiveMode
+from sbsync._sdk import _hooks, _private
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -162,17 +163,21 @@ def test_each_caller_traces_its_own_send(
         assert results["sbsync"]["grouped transfers"] > 0, "group commit never engaged: the test proves nothing"
 
 
-def test_an_sdk_without_the_tracing_helpers_warns_once(
-    exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.fixture
+def fresh_hooks() -> Iterator[None]:
+    _hooks.reset()
+    yield
+    _hooks.reset()
+
+
+def test_without_the_sdks_tracing_helpers_a_caller_gets_no_span_of_its_own(
+    exporter: InMemorySpanExporter, fresh_hooks: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sbsync._sdk, "_tracing", None)
-    monkeypatch.setattr(sbsync._sdk, "_warned", False)
+    """The fallback of hook ``trace-grouped-sends`` (its WARNING: tests/sdk/test_hooks.py)."""
+    monkeypatch.setattr(_private, "sdk_tracing", None)
     exporter.clear()
-    for _ in range(2):
-        sbsync._sdk.record_send_span(object(), ServiceBusMessage("x"), 0, None)
-    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "no send span" in r.getMessage()]
-    assert len(warnings) == 1
-    assert exporter.get_finished_spans() == ()
+    sbsync._sdk.record_send_span(object(), ServiceBusMessage("x"), 0, None)
+    assert [s for s in exporter.get_finished_spans() if s.name == SEND_SPAN] == []
 
 
 def test_a_callers_send_span_records_the_shared_transfers_failure(exporter: InMemorySpanExporter) -> None:
