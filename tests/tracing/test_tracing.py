@@ -119,10 +119,10 @@ def tally(callers: dict[str, tuple[int, int]], received: dict[str, Any], spans: 
 
 @pytest.mark.parametrize("threads", [1, 16])
 def test_each_caller_traces_its_own_send(
-    threads: int, exporter: InMemorySpanExporter, emulator: Any, conn_str: str, client: sbsync.ServiceBusClient,
-    queue: str,
+    threads: int, exporter: InMemorySpanExporter, emulator: Any, client: sbsync.ServiceBusClient, queue: str
 ) -> None:
     total = threads * ROUNDS[threads]
+    conn_str = emulator.connection_string
     results = {}
 
     # The reference: the official sync SDK, one shared sender used under a lock.
