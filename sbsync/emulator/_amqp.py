@@ -299,6 +299,8 @@ class Adapter:
             dlv.settle()
 
         self.later(self.rules.delay_for("send"), finish)
+        if self.broker.touched:  # auto-forwarded on arrival
+            touched.extend(self.broker.drain_touched())
         for ent in dict.fromkeys(touched):
             self.pump_entity(ent)
 

@@ -251,7 +251,7 @@ class ParsedMessage:
     """
 
     __slots__ = ("annotations", "app_end", "app_start", "bare", "durable", "group_id",
-                 "priority", "ttl_ms")
+                 "hops", "priority", "ttl_ms")
 
     def __init__(self) -> None:
         self.durable = False
@@ -262,6 +262,7 @@ class ParsedMessage:
         self.app_start = 0
         self.app_end = 0
         self.group_id: str | None = None
+        self.hops = 0  # auto-forwarding transfers so far
 
 
 def parse_message(buf: bytes) -> ParsedMessage:
