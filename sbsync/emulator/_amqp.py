@@ -20,7 +20,7 @@ from ._consumers import Consumer, Consumers
 from ._faults import FaultRules
 from ._loop import Loop
 from ._management import Management
-from ._records import NOT_ALLOWED, SERVER_BUSY, SIZE_EXCEEDED, BrokerError
+from ._records import NOT_ALLOWED, NOT_FOUND, SERVER_BUSY, SIZE_EXCEEDED, BrokerError
 from ._wire import attr, error_condition, now_ms
 
 _LOG = logging.getLogger(__name__)
@@ -140,7 +140,8 @@ class Adapter:
             if path == "$cbs":
                 self._open_service_link(link, "cbs", address)
             elif path.endswith("/$management"):
-                entity = self.entity_for(conn, path[: -len("/$management")])
+                # a token for the entity or for its $management node (as JS clients ask)
+                entity = self.entity_for(conn, path[: -len("/$management")], path)
                 link.emu_entity = entity
                 self._open_service_link(link, "mgmt", address)
             elif link.is_receiver:
@@ -160,8 +161,8 @@ class Adapter:
         except BrokerError as err:
             self.refuse(link, err.condition, err.description)
 
-    def entity_for(self, conn: Conn, path: str) -> Entity:
-        if not conn.authorized(path):
+    def entity_for(self, conn: Conn, path: str, also: str | None = None) -> Entity:
+        if not conn.authorized(path) and not (also is not None and conn.authorized(also)):
             raise BrokerError("amqp:unauthorized-access",
                               f"No valid token for '{path}'; put-token on $cbs first.", 401)
         return self.broker.lookup(path)
@@ -271,6 +272,9 @@ class Adapter:
         touched: list[Entity] = []
         if self.rules.take_failure("send"):
             error = BrokerError(SERVER_BUSY, "The server is busy (injected fault).", 503)
+        elif entity.deleted:
+            error = BrokerError(NOT_FOUND, f"The messaging entity '{entity.path}' was deleted.",
+                                404)
         elif len(data) > self.max_message_size:
             error = BrokerError(SIZE_EXCEEDED, f"The message ({len(data)} bytes) exceeds the "
                                 f"limit of {self.max_message_size} bytes.")
@@ -372,6 +376,17 @@ class Adapter:
             self.pump_entity(ent)
         if self.consumers.waiting:
             self.consumers.serve_waiting()
+
+    def entities_deleted(self, gone: list[Entity]) -> None:
+        """Detach the receivers of deleted entities (their senders are refused per transfer)."""
+        for ent in gone:
+            for cons in list(self.consumers.by_entity.pop(ent, [])):
+                link = cons.link
+                if not link.state & Endpoint.LOCAL_CLOSED:
+                    link.condition = error_condition(
+                        NOT_FOUND, f"The messaging entity '{ent.path}' was deleted.")
+                    link.close()
+                self.consumers.drop(cons)
 
     def drop_connections(self) -> int:
         return self.loop.drop_all() if self.loop is not None else 0

@@ -55,6 +55,9 @@ class Entity:
         self.auto = auto
         self.broker = broker
         self.created_ms = self.updated_ms = self.accessed_ms = int(time.time() * 1000)
+        #: administration API settings kept only to be shown back (MaxSizeInMegabytes, ...)
+        self.extra: dict[str, str] = {}
+        self.deleted = False
         self.configure(cfg, lock_ms, max_delivery, ttl_ms)
         self.rules: list[Rule] = list(cfg.rules) if cfg.rules is not None \
             else [Rule(DEFAULT_RULE)]
@@ -645,8 +648,10 @@ class Broker:
         key = ent.path.lower()
         for k in (key, key + DLQ_SUFFIX, key + TRANSFER_DLQ_SUFFIX):
             removed = self.entities.pop(k, None)
-            if removed is not None and removed is not ent:
-                gone.append(removed)
+            if removed is not None:
+                removed.deleted = True
+                if removed is not ent:
+                    gone.append(removed)
         if ent.kind == "subscription":
             topic = self.entities.get(key.split("/", 1)[0])
             if topic is not None and ent in topic.subscriptions:

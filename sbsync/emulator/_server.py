@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any, Callable, TypeVar
 
+from ._admin import AdminApi
 from ._amqp import Adapter
 from ._broker import Broker
 from ._config import EntityConfig
@@ -66,6 +67,9 @@ class Emulator:
             self._broker.create(cfg)
         self._rules = FaultRules()
         self._adapter = Adapter(self._broker, self._rules, key_name, key, max_message_size)
+        #: the administration API (HTTP handler of the front door)
+        self.admin = AdminApi(self._broker, key_name, key, max_message_size=max_message_size,
+                              on_change=self._adapter.entities_deleted)
         self.faults = Faults(self._call, lambda: self._adapter, self._rules)
         self._thread: threading.Thread | None = None
         self._loop: Loop | None = None
