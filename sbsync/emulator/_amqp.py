@@ -1,4 +1,4 @@
-"""The protocol adapter: connections, SASL, CBS, link attach routing, incoming transfers.
+"""The protocol adapter: connections, CBS, link attach routing, incoming transfers.
 
 Runs only on the loop thread (``_loop``). Broker state changes happen here, in
 ``_consumers`` or in ``_management``, and are followed by a pump of the affected receivers.
@@ -18,9 +18,12 @@ from ._auth import AuthError, covers, resource_path, verify_sas
 from ._broker import Broker, Entity
 from ._consumers import Consumer, Consumers
 from ._faults import FaultRules
+from ._frontdoor import FrontDoor
+from ._http import HttpHandler, not_found
 from ._loop import Loop
 from ._management import Management
 from ._records import NOT_ALLOWED, NOT_FOUND, SERVER_BUSY, SIZE_EXCEEDED, BrokerError
+from ._tls import TlsConfig
 from ._wire import attr, error_condition, now_ms
 
 _LOG = logging.getLogger(__name__)
@@ -47,27 +50,36 @@ class Adapter:
     """The protocol side of the emulator: reacts to proton engine events from ``Loop``."""
 
     def __init__(self, broker: Broker, rules: FaultRules, key_name: str, key: str,
-                 max_message_size: int) -> None:
+                 max_message_size: int, tls: TlsConfig) -> None:
         self.broker = broker
+        self.tls = tls
+        self.http_handler: HttpHandler = not_found  # the administration API plugs in here
         self.rules = rules
         self._key_name = key_name
         self._key = key
         self.max_message_size = max_message_size
         self.loop: Loop | None = None
-        self.listen_addr: tuple[str, int] = ("127.0.0.1", 0)
+        self._listening: list[tuple[str, int, bool]] = []  # (host, port, tls_only)
         self.conns: set[Conn] = set()
         self.consumers = Consumers(self)
         self._tag = 0
         self.mgmt = Management(self)
 
-    def start(self, loop: Loop, host: str, port: int) -> int:
-        """Listen on host:port with a fresh loop (the previous one, if any, has ended);
-        return the bound port."""
+    def start(self, loop: Loop, host: str, port: int,
+              tls_port: int | None = None) -> tuple[int, int | None]:
+        """Listen on host:port (and a TLS-only host:tls_port) with a fresh loop (the previous
+        one, if any, has ended); return the bound ports."""
         self.loop = loop
+        if tls_port is not None or self.tls.given:
+            self.tls.context()  # a bad certificate fails start(), not the first client
         port = loop.listen(host, port)
-        self.listen_addr = (host, port)
+        if tls_port is not None:
+            tls_port = loop.listen(host, tls_port, tls_only=True)
+        self._listening = [(host, port, False)]
+        if tls_port is not None:
+            self._listening.append((host, tls_port, True))
         loop.schedule(_TICK_S, self._tick_task)
-        return port
+        return port, tls_port
 
     def _tick_task(self) -> None:
         self.tick()
@@ -76,10 +88,15 @@ class Adapter:
 
     # ------------------------------------------------------------ connections
 
+    def front_door(self, tls_only: bool) -> FrontDoor:
+        """What stands between a new socket and proton (``_frontdoor``)."""
+        return FrontDoor(self.tls.context, tls_only, self._http)
+
+    def _http(self) -> HttpHandler:
+        return self.http_handler
+
     def bound(self, connection: Any, transport: Any) -> None:
-        sasl = transport.sasl()
-        sasl.allow_insecure_mechs = True
-        sasl.allowed_mechs("ANONYMOUS")  # the SDK offers only ANONYMOUS
+        # no transport.sasl(): the front door has done SASL (``_sasl``)
         conn = Conn()
         connection.emu = conn
         self.conns.add(conn)
@@ -410,7 +427,8 @@ class Adapter:
 
     def resume_listening(self) -> None:
         if self.loop is not None and not self.loop.listening:
-            self.loop.listen(*self.listen_addr)
+            for host, port, tls_only in self._listening:
+                self.loop.listen(host, port, tls_only)
 
     def shutdown(self) -> None:
         """Close everything and end the loop (loop thread)."""

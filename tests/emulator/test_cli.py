@@ -8,6 +8,7 @@ import os
 import selectors
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusRece
 from azure.servicebus.exceptions import MessagingEntityNotFoundError
 
 from sbsync.emulator._cli import main
+from sbsync.emulator._tls import _generate
 
 from .conftest import receive
 
@@ -197,6 +199,8 @@ def test_auto_create_and_sigint(spawned: list[subprocess.Popen[str]]) -> None:
         (["--config", "/nonexistent/Config.json"], "Config.json: cannot read"),
         (["--queue", "a", "--session-queue", "A"], "'A' is declared twice (--queue and"),
         (["--subscription", "t/s", "--subscription", "t/s"], "'t/Subscriptions/s' is declared"),
+        (["--tls-cert", "/nonexistent/cert.pem"], "no such certificate or key file"),
+        (["--tls-port", "-1"], "port must be 0..65535"),
     ],
 )
 def test_bad_flags(args: list[str], expected: str) -> None:
@@ -213,6 +217,22 @@ def test_bad_flags(args: list[str], expected: str) -> None:
     assert len(lines) == 1, result.stderr
     assert expected in lines[0]
     assert lines[0].startswith("python -m sbsync.emulator: error: ")
+
+
+def test_tls(spawned: list[subprocess.Popen[str]]) -> None:
+    """--tls-port and --tls-cert/--tls-key: TLS on the main port and on its own port."""
+    ca, cert, key = _generate(("localhost", "127.0.0.1"))
+    proc = _spawn("--port", "0", "--tls-port", "0", "--tls-cert", cert, "--tls-key", key)
+    spawned.append(proc)
+    port = int(_first_line(proc).split(";")[0].rsplit(":", 1)[1].rstrip("/"))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        context = ssl.create_default_context(cafile=ca)
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            assert tls.version()
+    code, _, stderr = _stop(proc, signal.SIGTERM)
+    assert code == 0, stderr
+    assert "TLS only on 127.0.0.1:" in stderr
+    assert f"TLS clients trust {cert}" in stderr
 
 
 @pytest.fixture
@@ -281,6 +301,7 @@ WITHOUT_PROTON = """
 import sys
 sys.modules["proton"] = None  # as if python-qpid-proton were not installed
 from sbsync.emulator._cli import main
+from sbsync.emulator._tls import _generate
 sys.exit(main(sys.argv[1:]))
 """
 

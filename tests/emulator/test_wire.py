@@ -72,14 +72,15 @@ def _sdk_round_trip(sdk: Sdk, emulator: Emulator, body: str) -> None:
 @pytest.mark.parametrize(
     ("payload", "hang_up"),
     [
-        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", False),
+        (b"\x16\x03\x01\x00\x05hello" + os.urandom(64), False),  # a TLS record of noise
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\x01", False),  # HTTP, then not HTTP
         (os.urandom(4096), False),
         (AMQP_HEADER + os.urandom(64), False),  # plain AMQP where SASL is required, then noise
         (SASL_HEADER + struct.pack(">I", 0xFFFFFFF0) + b"\x02\x01\x00\x00", False),  # huge frame
         # Half a frame just waits for the rest: we hang up mid-frame ourselves.
         (SASL_HEADER + struct.pack(">IBBH", 1000, 2, 1, 0) + b"\x00\x53\x41", True),
     ],
-    ids=["http", "random", "amqp-no-sasl", "huge-frame", "half-frame"],
+    ids=["tls-noise", "http-then-noise", "random", "amqp-no-sasl", "huge-frame", "half-frame"],
 )
 def test_garbage_is_dropped(wire_emulator: Emulator, payload: bytes, hang_up: bool) -> None:
     with socket.create_connection((wire_emulator.host, wire_emulator.port), timeout=5) as sock:
