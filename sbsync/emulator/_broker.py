@@ -149,6 +149,7 @@ class Entity:
         names the same message everywhere (and cancelling a scheduled one works)."""
         if self.kind == "topic":
             touched: list[Entity] = []
+            self._cap_ttl(parsed)
             if not self._duplicate(parsed, now_ms):
                 self._fan_out(parsed, now_ms, lambda sub, p, s: touched.extend(
                     sub.accept(p, now_ms, s)))
@@ -162,6 +163,12 @@ class Entity:
             self.schedule(msg, sched)
             return []
         return [self] if self._activate(msg, now_ms) else []
+
+    def _cap_ttl(self, parsed: codec.ParsedMessage) -> None:
+        """A topic's default time to live caps its messages' own (the smaller wins); each
+        subscription then applies its own default the same way."""
+        if self.ttl_ms is not None and (not parsed.ttl_ms or parsed.ttl_ms > self.ttl_ms):
+            parsed.ttl_ms = self.ttl_ms
 
     def _fan_out(self, parsed: codec.ParsedMessage, now_ms: int,
                  deliver: Callable[[Entity, codec.ParsedMessage, int], Any]) -> int:
@@ -197,6 +204,7 @@ class Entity:
     def schedule_parsed(self, parsed: codec.ParsedMessage, at_ms: int, now_ms: int,
                         seq: int | None = None) -> int:
         if self.kind == "topic":
+            self._cap_ttl(parsed)
             return self._fan_out(parsed, now_ms, lambda sub, p, s: sub.schedule_parsed(
                 p, at_ms, now_ms, s))
         self.validate(parsed)

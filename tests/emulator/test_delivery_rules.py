@@ -47,6 +47,24 @@ def test_time_to_live(emulator: Any, sdk: Sdk, client: Any) -> None:
     assert emulator.stats(dropping).dead_letter == 0  # dropped, not dead-lettered
 
 
+def test_topic_time_to_live(emulator: Any, sdk: Sdk, client: Any) -> None:
+    """A topic's default time to live applies to every subscription's copy (the smaller of
+    the topic's, the subscription's and the message's own wins)."""
+    topic = unique("t")
+    emulator.create_entity(EntityConfig(name=topic, kind="topic", default_message_ttl=1.0))
+    emulator.create_entity(EntityConfig(name="dlq", kind="subscription", topic=topic,
+                                        dead_lettering_on_message_expiration=True))
+    emulator.create_entity(EntityConfig(name="drop", kind="subscription", topic=topic,
+                                        default_message_ttl=600.0))
+    sender = sdk.open(client.get_topic_sender(topic))
+    sender.send_messages(ServiceBusMessage("x", time_to_live=datetime.timedelta(hours=1)))
+    dlq, drop = f"{topic}/Subscriptions/dlq", f"{topic}/Subscriptions/drop"
+    assert emulator.stats(dlq).active == emulator.stats(drop).active == 1
+    assert wait_for(lambda: emulator.stats(dlq).dead_letter == 1, timeout=5)
+    assert wait_for(lambda: emulator.stats(drop).active == 0, timeout=5)
+    assert emulator.stats(drop).dead_letter == 0
+
+
 def test_duplicate_detection(emulator: Any, sdk: Sdk, client: Any) -> None:
     queue = new_queue(emulator, requires_duplicate_detection=True,
                       duplicate_detection_window=60.0)
