@@ -223,19 +223,23 @@ def like_regex(pattern: str, escape: str | None) -> re.Pattern[str]:
     return re.compile("".join(out), re.DOTALL)
 
 
+def _bool(x: Any) -> bool | None:
+    return x if isinstance(x, bool) else None
+
+
 def _not(p: Pred) -> Pred:
     def f(v: View) -> bool | None:
         r = p(v)
-        return None if r is None else not r
+        return (not r) if isinstance(r, bool) else None
     return f
 
 
 def _and(a: Pred, b: Pred) -> Pred:
     def f(v: View) -> bool | None:
-        x = a(v)
+        x = _bool(a(v))
         if x is False:
             return False
-        y = b(v)
+        y = _bool(b(v))
         if y is False:
             return False
         return None if x is None or y is None else True
@@ -244,10 +248,10 @@ def _and(a: Pred, b: Pred) -> Pred:
 
 def _or(a: Pred, b: Pred) -> Pred:
     def f(v: View) -> bool | None:
-        x = a(v)
+        x = _bool(a(v))
         if x is True:
             return True
-        y = b(v)
+        y = _bool(b(v))
         if y is True:
             return True
         return None if x is None or y is None else False
@@ -288,6 +292,7 @@ class _Parser:
         self.text = text
         self.toks = _tokenize(text)
         self.i = 0
+        self.depth = 0
         self.params = {k.lstrip("@").lower(): v for k, v in (parameters or {}).items()}
 
     # -- token helpers
@@ -348,19 +353,8 @@ class _Parser:
             prop = self.property()
             self.expect_op(")")
             return prop.exists()
-        if self.is_op("("):
-            # "(" opens either a parenthesised predicate or an expression; try predicate first
-            save = self.i
-            self.i += 1
-            try:
-                inner = self.predicate()
-                self.expect_op(")")
-                if not (self.tok.kind == "op" and self.tok.value in _COMPARE_OPS + _ARITH_OPS)\
-                        and not self.is_kw("like", "in", "is", "not"):
-                    return inner
-            except SqlError:
-                pass
-            self.i = save
+        # "(" may open a predicate or an arithmetic expression: ``primary`` parses either
+        # (predicates are values too: True, False or None), so nothing is parsed twice
         start = self.tok
         left = self.expression()
         if self.is_op(*_COMPARE_OPS):
@@ -395,11 +389,9 @@ class _Parser:
             return lambda v: left(v) is None
         if start is self.tok:
             raise self.error("Expected a condition")
-        # a bare boolean expression (e.g. a property holding true, or TRUE itself)
-        def truth(v: View) -> bool | None:
-            x = left(v)
-            return x if isinstance(x, bool) else None
-        return truth
+        # a bare value: a parenthesised predicate, a property holding true, TRUE itself;
+        # logic operators and the filter's result read anything but a bool as unknown
+        return left
 
     def like(self, left: Expr) -> Pred:
         pattern = self.expression()
@@ -505,8 +497,12 @@ class _Parser:
             return _const(self.params[key])
         if self.is_op("("):
             self.i += 1
-            inner = self.expression()
+            self.depth += 1
+            if self.depth > _MAX_DEPTH:
+                raise self.error("Too deeply nested")
+            inner = self.predicate()
             self.expect_op(")")
+            self.depth -= 1
             return inner
         if t.kind == "id" and self.toks[self.i + 1].kind == "op" \
                 and self.toks[self.i + 1].value == "(":
@@ -560,6 +556,7 @@ class _Parser:
 _COMPARE_OPS = ("=", "<>", "!=", ">", ">=", "<", "<=")
 _ARITH_OPS = ("+", "-", "*", "/", "%")
 _NO = object()
+_MAX_DEPTH = 100  # parentheses; Python's own recursion limit is not a good error message
 
 
 def _const(value: Any) -> Expr:
@@ -583,9 +580,12 @@ def _binary(op: str, a: Expr, b: Expr) -> Expr:
 def compile_filter(text: str, parameters: Mapping[str, Any] | None = None) -> Pred:
     """Compile a SQL filter; the result maps a ``View`` to True, False or None (unknown)."""
     p = _Parser(text, parameters)
-    pred = p.predicate()
+    try:
+        pred = p.predicate()
+    except RecursionError:  # e.g. thousands of NOTs in a row
+        raise SqlError("The SQL expression is too deeply nested.") from None
     p.end()
-    return pred
+    return lambda v: _bool(pred(v))
 
 
 Action = Callable[[View], None]
@@ -593,7 +593,13 @@ Action = Callable[[View], None]
 
 def compile_action(text: str, parameters: Mapping[str, Any] | None = None) -> Action:
     """Compile a SQL rule action (``SET p = expr`` / ``REMOVE p``, separated by ``;``)."""
-    p = _Parser(text, parameters)
+    try:
+        return _compile_action(_Parser(text, parameters))
+    except RecursionError:
+        raise SqlError("The SQL action is too deeply nested.") from None
+
+
+def _compile_action(p: _Parser) -> Action:
     steps: list[Action] = []
     while p.tok.kind != "end":
         if p.is_kw("set"):

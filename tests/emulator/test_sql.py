@@ -116,3 +116,18 @@ def test_actions_set_and_remove() -> None:
 def test_malformed_actions_are_refused(text: str) -> None:
     with pytest.raises(SqlError):
         compile_action(text)
+
+
+def test_parentheses_nest_without_backtracking() -> None:
+    """Each "(" is parsed once: deep nesting stays linear (and past 100 levels is refused)."""
+    assert ev("(" * 90 + "1" + ")" * 90 + " = 1")
+    assert ev("((a + 1)) * 2 = 4 AND ((a = 1) OR (b = 2))", {"a": 1})
+    assert ev("(a = 1) = TRUE", {"a": 1})
+    assert ev("NOT (a)", {"a": False})
+    assert ev("(a)", {"a": 5}) is None  # a number is not a truth value
+    with pytest.raises(SqlError, match="nested"):
+        compile_filter("(" * 101 + "1" + ")" * 101 + " = 1")
+    with pytest.raises(SqlError, match="nested"):
+        compile_filter("NOT " * 5000 + "1 = 1")
+    with pytest.raises(SqlError, match="nested"):
+        compile_action("SET a = " + "-" * 5000 + "1")
