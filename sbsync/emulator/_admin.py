@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from xml.etree import ElementTree as ET
 from xml.sax.saxutils import escape
 
-from ._auth import AuthError, resource_path, verify_sas
+from ._auth import AuthError, covers, resource_path, verify_sas
 from ._broker import Broker, Entity
 from ._config import EntityConfig, parse_duration
 from ._records import BrokerError
@@ -172,12 +172,14 @@ class AdminApi:
 
     def __call__(self, method: str, target: str, headers: dict[str, str],
                  body: bytes) -> Response:
-        try:
-            verify_sas(headers.get("authorization", ""), self._key_name, self._key)
-        except AuthError as exc:
-            return _error(401, f"InvalidSignature: {exc}. TrackingId: emulator")
         split = urlsplit(target)
         path = unquote(split.path).strip("/")
+        try:
+            granted, _ = verify_sas(headers.get("authorization", ""), self._key_name, self._key)
+            if not covers(granted, path.lower()):
+                raise AuthError(f"the token is for '{granted}', not '{path}'")
+        except AuthError as exc:
+            return _error(401, f"InvalidSignature: {exc}. TrackingId: emulator")
         query = {k.lower(): v[-1] for k, v in parse_qs(split.query).items()}
         host = headers.get("host", "localhost")
         try:
@@ -527,12 +529,13 @@ class AdminApi:
 
     def _counts(self, ent: Entity) -> tuple[str, int, int]:
         """(CountDetails XML, message count, size in bytes) of an entity."""
-        active = dead = scheduled = transfer_dead = size = 0
+        active = dead = scheduled = deferred = transfer_dead = size = 0
         targets = ent.subscriptions if ent.kind == "topic" else [ent]
         for e in targets:
             st = e.stats()
             active += st.active + st.locked
             scheduled += st.scheduled
+            deferred += st.deferred
             dead += st.dead_letter
             size += sum(len(m.bare) for m in e.messages.values())
             tdlq = self.broker.find(e.path + "/$Transfer/$DeadLetterQueue")
@@ -548,7 +551,7 @@ class AdminApi:
                    '<d2p1:TransferMessageCount>0</d2p1:TransferMessageCount>'
                    f'<d2p1:TransferDeadLetterMessageCount>{transfer_dead}'
                    '</d2p1:TransferDeadLetterMessageCount></CountDetails>')
-        total = active + dead + (scheduled if ent.kind != "topic" else 0)
+        total = active + dead + deferred + (scheduled if ent.kind != "topic" else 0)
         return details, total, size
 
     def _description_xml(self, ent: Entity) -> str:

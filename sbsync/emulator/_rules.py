@@ -126,7 +126,7 @@ class MessageView:
     """A message's properties as filters read them (decoded lazily, once) and as actions
     change them (``build`` re-encodes only what changed)."""
 
-    __slots__ = ("_props", "_sys_set", "_user", "now_ms", "parsed", "seq")
+    __slots__ = ("_base", "_props", "_sys_set", "_user", "now_ms", "parsed", "seq")
 
     def __init__(self, parsed: codec.ParsedMessage, seq: int, now_ms: int) -> None:
         self.parsed = parsed
@@ -135,6 +135,7 @@ class MessageView:
         self._user: dict[str, Any] | None = None
         self._props: list[Any] | None = None
         self._sys_set: dict[str, Any] = {}
+        self._base: dict[str, Any] | None = None  # the decoded originals a copy started from
 
     def user(self) -> dict[str, Any]:
         if self._user is None:
@@ -189,7 +190,8 @@ class MessageView:
 
     def copy(self) -> MessageView:
         twin = MessageView(self.parsed, self.seq, self.now_ms)
-        twin._user = dict(self.user())
+        twin._base = self.user()
+        twin._user = dict(twin._base)
         return twin
 
     def build(self) -> codec.ParsedMessage:
@@ -218,10 +220,11 @@ class MessageView:
             before, after, kept = b"", bare[pe:], []
         user = self.user()
         raw_by_key = {k: raw for k, raw in kept}
-        original = MessageView(p, self.seq, self.now_ms).user()
+        original = self._base if self._base is not None else {}
         parts = []
         for key, value in user.items():
             raw = raw_by_key.get(key)
+            # an untouched property keeps its bytes (and so its exact AMQP type)
             if raw is not None and key in original and original[key] is value:
                 parts.append(raw)
             else:
@@ -232,6 +235,7 @@ class MessageView:
         out.durable, out.priority, out.ttl_ms = p.durable, p.priority, p.ttl_ms
         out.annotations = p.annotations
         out.group_id = group_id
+        out.hops = p.hops
         out.bare = props_sec + before + app + after
         if app:
             out.app_start = len(props_sec) + len(before)

@@ -4,6 +4,9 @@ unmodified): HTTPS on the emulator's own port, Atom XML, SAS on every request.""
 from __future__ import annotations
 
 import datetime
+import http.client
+import ssl
+import time
 from typing import Any
 
 import pytest
@@ -22,7 +25,7 @@ from azure.servicebus.management import (
     TrueRuleFilter,
 )
 
-from .conftest import Sdk, new_queue, receive, unique
+from .conftest import Sdk, new_queue, receive, sas_token, unique
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -227,3 +230,34 @@ def test_wrong_key_is_refused(emulator: Any, sdk: Sdk) -> None:
         wrong.create_queue(unique("never"))
     with pytest.raises(ClientAuthenticationError):
         list(wrong.list_queues())
+
+
+def _raw(emulator: Any, method: str, path: str, token: str, body: bytes = b"") -> tuple[int, bytes]:
+    context = ssl.create_default_context(cafile=emulator.ca_file)
+    conn = http.client.HTTPSConnection(emulator.host, emulator.port, context=context, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers={"Authorization": token})
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
+
+
+def test_raw_requests_errors(emulator: Any) -> None:
+    """What the SDK never sends: an entity-scoped token used elsewhere, a malformed body, an
+    unknown collection; each gets the service's status, never a crash."""
+    audience = f"https://{emulator.host}:{emulator.port}"
+    expiry = int(time.time()) + 300
+    name = new_queue(emulator)
+    scoped = sas_token(f"{audience}/{name}", expiry)
+    assert _raw(emulator, "GET", f"/{name}?api-version=2021-05", scoped)[0] == 200
+    status, body = _raw(emulator, "GET", "/$Resources/Queues", scoped)
+    assert status == 401 and b"<Code>401</Code>" in body
+    token = sas_token(audience, expiry)
+    assert _raw(emulator, "GET", "/$Resources/Things", token)[0] == 400
+    assert _raw(emulator, "PUT", f"/{unique('q')}", token, b"<entry><content>")[0] == 400
+    assert _raw(emulator, "PUT", f"/{unique('q')}", token, b"<entry/>")[0] == 400
+    assert _raw(emulator, "POST", f"/{name}", token)[0] == 405
+    assert _raw(emulator, "GET", f"/{name}/$DeadLetterQueue", token)[0] == 404
+    assert _raw(emulator, "GET", "/$namespaceinfo", sas_token(audience, expiry, key="x"))[0] \
+        == 401
