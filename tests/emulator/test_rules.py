@@ -14,6 +14,7 @@ from azure.servicebus import ServiceBusMessage
 from azure.servicebus.management import ServiceBusAdministrationClient
 
 from sbsync.emulator import EntityConfig
+from sbsync.emulator._config import parse_config
 from sbsync.emulator._rules import CorrelationFilter, Rule
 
 from .conftest import Sdk, receive, unique
@@ -135,3 +136,40 @@ def test_rules_over_amqp_management_from_the_js_sdk(emulator: Any) -> None:
     with ServiceBusAdministrationClient.from_connection_string(
             emulator.connection_string, connection_verify=emulator.ca_file) as admin:
         assert [r.name for r in admin.list_rules(topic, "s")] == ["red", "corr"]
+
+
+def test_rules_from_config_json(emulator: Any, sdk: Sdk, client: Any) -> None:
+    """Microsoft's emulator's Config.json format: Rules per subscription, with actions."""
+    topic = unique("t")
+    document = {"UserConfig": {"Namespaces": [{"Name": "sbemulatorns", "Topics": [{
+        "Name": topic, "Subscriptions": [
+            {"Name": "default"},
+            {"Name": "filtered", "Rules": [
+                {"Name": "sql-filter-1", "Properties": {
+                    "FilterType": "Sql",
+                    "SqlFilter": {
+                        "SqlExpression": "sys.MessageId = '123456' AND userProp1 = 'value1'"},
+                    "Action": {"SqlExpression": "SET sys.To = 'Entity'"}}},
+                {"Name": "app-prop-filter-1", "Properties": {
+                    "FilterType": "Correlation",
+                    "CorrelationFilter": {"ContentType": "application/text",
+                                          "Properties": {"prop3": "value3"}}}},
+            ]},
+        ]}]}]}}
+    for cfg in parse_config(document):
+        emulator.create_entity(cfg)
+    sender = sdk.open(client.get_topic_sender(topic))
+    sender.send_messages([
+        ServiceBusMessage("sql", message_id="123456",
+                          application_properties={"userProp1": "value1"}),
+        ServiceBusMessage("corr", content_type="application/text",
+                          application_properties={"prop3": "value3"}),
+        ServiceBusMessage("neither", message_id="1", application_properties={"prop3": "other"}),
+    ])
+    assert emulator.stats(f"{topic}/Subscriptions/default").active == 3
+    assert emulator.stats(f"{topic}/Subscriptions/filtered").active == 2
+    receiver = sdk.open(client.get_subscription_receiver(topic, "filtered"))
+    by_body = {str(m): m for m in receive(receiver, 2)}
+    assert by_body["sql"].to == "Entity"
+    assert by_body["sql"].application_properties[b"RuleName"] == b"sql-filter-1"
+    assert by_body["corr"].to is None
