@@ -276,6 +276,9 @@ def route(rules: list[Rule], view: MessageView) -> list[codec.ParsedMessage]:
     plain = False
     copies: list[codec.ParsedMessage] = []
     for rule in rules:
+        apply: Action | None = rule.apply  # type: ignore[attr-defined]
+        if plain and apply is None:
+            continue  # the one copy for rules without actions is already decided
         try:
             hit = rule.match(view) is True  # type: ignore[attr-defined]
         except Exception:  # an expression that fails on this message does not select it
@@ -283,7 +286,6 @@ def route(rules: list[Rule], view: MessageView) -> list[codec.ParsedMessage]:
             hit = False
         if not hit:
             continue
-        apply: Action | None = rule.apply  # type: ignore[attr-defined]
         if apply is None:
             plain = True
             continue
