@@ -17,6 +17,7 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
 )
 from azure.servicebus import ServiceBusMessage
+from azure.servicebus.exceptions import MessagingEntityNotFoundError
 from azure.servicebus.management import (
     CorrelationRuleFilter,
     FalseRuleFilter,
@@ -261,3 +262,17 @@ def test_raw_requests_errors(emulator: Any) -> None:
     assert _raw(emulator, "GET", f"/{name}/$DeadLetterQueue", token)[0] == 404
     assert _raw(emulator, "GET", "/$namespaceinfo", sas_token(audience, expiry, key="x"))[0] \
         == 401
+
+
+def test_deleting_an_entity_detaches_its_clients(emulator: Any, sdk: Sdk, no_retry: Any,
+                                                 admin: Any) -> None:
+    name = unique("doomed")
+    admin.create_queue(name)
+    sender, receiver = sdk.open(no_retry.get_queue_sender(name),
+                                no_retry.get_queue_receiver(name))
+    sender.send_messages(ServiceBusMessage("a"))
+    admin.delete_queue(name)
+    with pytest.raises(MessagingEntityNotFoundError):
+        sender.send_messages(ServiceBusMessage("b"))
+    with pytest.raises(MessagingEntityNotFoundError):
+        receiver.receive_messages(max_wait_time=2)
