@@ -13,9 +13,8 @@ import pytest
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.management import ServiceBusAdministrationClient
 
-from sbsync.emulator import EntityConfig
+from sbsync.emulator import CorrelationFilter, EntityConfig, Rule
 from sbsync.emulator._config import parse_config
-from sbsync.emulator._rules import CorrelationFilter, Rule
 
 from .conftest import Sdk, receive, unique
 
