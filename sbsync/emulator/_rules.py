@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from . import _codec as codec
 from ._sql import Action, SqlError, View, compile_action, compile_filter
@@ -67,6 +67,9 @@ class Rule:
     action: str | None = None
     action_parameters: Mapping[str, Any] = field(default_factory=dict)
     created_ms: int = field(default_factory=lambda: int(time.time() * 1000), compare=False)
+    #: the compiled filter (View -> True/False/None) and action; made from the fields above
+    match: Callable[[View], bool | None] = field(init=False, repr=False, compare=False)
+    apply: Action | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or len(self.name) > 50:
@@ -98,7 +101,7 @@ class Rule:
     @property
     def is_default(self) -> bool:
         """A TrueFilter without action: every message, once."""
-        return self.kind == "true" and self.apply is None  # type: ignore[attr-defined]
+        return self.kind == "true" and self.apply is None
 
 
 def _always(value: bool) -> Any:
@@ -276,11 +279,11 @@ def route(rules: list[Rule], view: MessageView) -> list[codec.ParsedMessage]:
     plain = False
     copies: list[codec.ParsedMessage] = []
     for rule in rules:
-        apply: Action | None = rule.apply  # type: ignore[attr-defined]
+        apply = rule.apply
         if plain and apply is None:
             continue  # the one copy for rules without actions is already decided
         try:
-            hit = rule.match(view) is True  # type: ignore[attr-defined]
+            hit = rule.match(view) is True
         except Exception:  # an expression that fails on this message does not select it
             _LOG.debug("rule %s failed on a message", rule.name, exc_info=True)
             hit = False
