@@ -147,6 +147,7 @@ class Entity:
 
         A topic assigns the sequence number; each subscription keeps it, so one number
         names the same message everywhere (and cancelling a scheduled one works)."""
+        self.accessed_ms = now_ms
         if self.kind == "topic":
             touched: list[Entity] = []
             self._cap_ttl(parsed)
