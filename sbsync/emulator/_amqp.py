@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import deque
 from typing import Any, Callable
 
-from proton import Delivery, Endpoint, Message, Terminus, symbol, ulong
+from proton import Delivery, Endpoint, Message, Terminus, int32, symbol, ulong
 
 from . import _codec as codec
 from ._auth import AuthError, covers, resource_path, verify_sas
@@ -50,9 +51,11 @@ class Adapter:
     """The protocol side of the emulator: reacts to proton engine events from ``Loop``."""
 
     def __init__(self, broker: Broker, rules: FaultRules, key_name: str, key: str,
-                 max_message_size: int, tls: TlsConfig) -> None:
+                 max_message_size: int, tls: TlsConfig, next_session_wait: float) -> None:
         self.broker = broker
         self.tls = tls
+        # how long a next-available-session attach without com.microsoft:timeout waits
+        self.next_session_wait_ms = int(next_session_wait * 1000)
         self.http_handler: HttpHandler = not_found  # the administration API plugs in here
         self.rules = rules
         self._key_name = key_name
@@ -157,7 +160,8 @@ class Adapter:
             if path == "$cbs":
                 self._open_service_link(link, "cbs", address)
             elif path.endswith("/$management"):
-                # a token for the entity or for its $management node (as JS clients ask)
+                # authorised by a token for the node itself (the JS SDK puts one for
+                # ENTITY/$management) or for its entity, as the service does
                 entity = self.entity_for(conn, path[: -len("/$management")], path)
                 link.emu_entity = entity
                 self._open_service_link(link, "mgmt", address)
@@ -178,10 +182,13 @@ class Adapter:
         except BrokerError as err:
             self.refuse(link, err.condition, err.description)
 
-    def entity_for(self, conn: Conn, path: str, also: str | None = None) -> Entity:
-        if not conn.authorized(path) and not (also is not None and conn.authorized(also)):
+    def entity_for(self, conn: Conn, path: str, address: str | None = None) -> Entity:
+        """The entity at ``path``, if a token granted on this connection covers ``address``
+        (the link's own address; default ``path``)."""
+        address = path if address is None else address
+        if not conn.authorized(address):
             raise BrokerError("amqp:unauthorized-access",
-                              f"No valid token for '{path}'; put-token on $cbs first.", 401)
+                              f"No valid token for '{address}'; put-token on $cbs first.", 401)
         return self.broker.lookup(path)
 
     def _open_service_link(self, link: Any, kind: str, address: str) -> None:
@@ -333,18 +340,34 @@ class Adapter:
         message-format); a body that merely looks like one but does not parse as messages
         throughout is taken as a plain message."""
         inner = codec.split_batch(data)
+        parsed = None
         if inner:
             try:
-                return [codec.parse_message(p) for p in inner]
+                parsed = [codec.parse_message(p) for p in inner]
             except codec.CodecError:
                 pass
-        return [codec.parse_message(data)]
+        if parsed is None:
+            parsed = [codec.parse_message(data)]
+        for p in parsed:
+            if not p.has_id:
+                codec.ensure_message_id(p, uuid.uuid4().hex)
+        return parsed
 
     # ------------------------------------------------------------ CBS
 
-    def _cbs(self, link: Any, dlv: Any, data: bytes) -> None:
+    def settle_request(self, dlv: Any) -> None:
+        """Accept a CBS or management request and put the disposition on the wire now:
+        the service settles a request before it replies (uAMQP logs an error per call
+        otherwise), while proton would frame our reply's transfer first and the batched
+        disposition after it."""
         dlv.update(Delivery.ACCEPTED)
         dlv.settle()
+        transport = dlv.link.connection.transport
+        if transport is not None:
+            transport.pending()  # frames what is settled so far, ahead of any reply
+
+    def _cbs(self, link: Any, dlv: Any, data: bytes) -> None:
+        self.settle_request(dlv)
         conn = self.conn_of(link)
         req = Message()
         try:
@@ -368,8 +391,8 @@ class Adapter:
                 code, text = 200, "OK"
             except AuthError as exc:
                 code, text = 401, f"Unauthorized: {exc}"
-        reply = Message(correlation_id=req.id,
-                        properties={"status-code": code, "status-description": text})
+        reply = Message(correlation_id=req.id,  # status-code is an AMQP int, as the service's
+                        properties={"status-code": int32(code), "status-description": text})
         session = link.session
         address = link.remote_target.address or "$cbs"
         self.later(self.rules.delay_for("cbs"),
@@ -378,8 +401,7 @@ class Adapter:
     # ------------------------------------------------------------ management
 
     def _management(self, link: Any, dlv: Any, data: bytes) -> None:
-        dlv.update(Delivery.ACCEPTED)
-        dlv.settle()
+        self.settle_request(dlv)
         self.mgmt.handle(link, data)
 
     # ------------------------------------------------------------ time & faults

@@ -116,6 +116,14 @@ def build_parser(prog: str = "python -m sbsync.emulator") -> argparse.ArgumentPa
         metavar="SECONDS",
         help="time to live of messages that set none (default: unlimited)",
     )
+    settings.add_argument(
+        "--next-session-wait",
+        type=_positive_float,
+        default=65.0,
+        metavar="SECONDS",
+        help="how long a next-available-session receiver that sets no timeout of its own "
+             "waits for a session (%(default)s, as the service)",
+    )
     auth = parser.add_argument_group("authentication (development defaults, not secrets)")
     auth.add_argument("--key-name", default=_DEV_KEY_NAME, help="SAS key name (%(default)s)")
     auth.add_argument("--key", default=_DEV_KEY, help="SAS key (%(default)s)")
@@ -149,10 +157,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m sbsync.emu
         sys.stdout.write(emulator.connection_string + "\n")
         sys.stdout.flush()
         _LOGGER.info("listening on %s:%s; stop with Ctrl+C", emulator.host, emulator.port)
-        if emulator.tls_port is not None:
-            _LOGGER.info("TLS only on %s:%s", emulator.host, emulator.tls_port)
-        _LOGGER.info("TLS clients trust %s (connection_verify=, REQUESTS_CA_BUNDLE, "
-                     "NODE_EXTRA_CA_CERTS)", emulator.ca_file)
+        if emulator.tls_port is not None or args.tls_cert:
+            if emulator.tls_port is not None:
+                _LOGGER.info("TLS only on %s:%s", emulator.host, emulator.tls_port)
+            _LOGGER.info("TLS clients trust %s (connection_verify=, REQUESTS_CA_BUNDLE, "
+                         "NODE_EXTRA_CA_CERTS)", emulator.ca_file)
+        else:  # making the CA costs ~10 MiB and ~0.3 s: only when a TLS client comes
+            _LOGGER.info("TLS on the same port too: its development CA is made (and its "
+                         "path logged) on the first TLS connection; --tls-port or "
+                         "--tls-cert make it now")
         _wait_for_signal()
     finally:
         emulator.stop()
@@ -216,6 +229,7 @@ def _build(emulator_class: type[Emulator], args: argparse.Namespace, topics: lis
         tls_port=args.tls_port,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        next_session_wait=args.next_session_wait,
     )
 
 
@@ -247,6 +261,7 @@ def _configure_logging(verbose: bool) -> None:
     )
     if not verbose:
         _LOGGER.setLevel(logging.INFO)
+        logging.getLogger("sbsync.emulator._tls").setLevel(logging.INFO)  # the CA's path
 
 
 def _port(text: str) -> int:

@@ -286,49 +286,55 @@ class Loop:
         self._to_transport(io, front)
 
     def _to_transport(self, io: _Io, front: FrontDoor) -> None:
-        """Hand the transport what plaintext AMQP the front door holds (up to capacity)."""
+        """Hand the transport all the plaintext AMQP the front door holds. proton reads whole
+        frames as they are pushed, so its capacity comes back at once; what is left over
+        (only a transport that stopped reading) is dropped."""
         if not front.amqp or io.closed:
             return
         if io.transport is None:
             self._bind(io)
-        if not front.amqp_in:
-            return
         transport = io.transport
+        data = front.amqp_in
         try:
-            capacity = transport.capacity()
-            if capacity > 0:
-                chunk = bytes(front.amqp_in[:capacity])
-                del front.amqp_in[:capacity]
+            while data:
+                capacity = transport.capacity()
+                if capacity <= 0:
+                    data.clear()
+                    break
+                chunk = bytes(data[:capacity])
+                del data[:capacity]
                 transport.push(chunk)
-            elif capacity < 0:
-                front.amqp_in.clear()
         except Exception:  # garbage on the wire: the engine failed this connection
             _LOG.debug("transport input failed", exc_info=True)
-            front.amqp_in.clear()
+            data.clear()
 
     def _flush_front(self, io: _Io) -> None:
+        """Transport output through the front door (TLS) to the socket, until either is
+        drained; then close, or leave the front door for the direct path."""
         front = io.front
         assert front is not None
-        self._to_transport(io, front)
         transport = io.transport
         done = front.closing
-        if transport is not None:
-            try:
-                while len(front.out) < _READ_CHUNK:
-                    pending = transport.pending()
-                    if pending <= 0:
-                        break
-                    front.send_amqp(transport.peek(pending))
-                    transport.pop(pending)
-            except FrontError:
-                pending, done = -1, True
-            except Exception:
-                pending = -1
-            if pending < 0 and transport.closed:  # both directions ended
-                front.close_tls()
-                done = True
         out = front.out
-        while out:
+        while True:
+            if transport is not None and not done:
+                pending = 0
+                try:
+                    while len(out) < _READ_CHUNK:
+                        pending = transport.pending()
+                        if pending <= 0:
+                            break
+                        front.send_amqp(transport.peek(pending))
+                        transport.pop(pending)
+                except FrontError:
+                    pending, done = -1, True
+                except Exception:
+                    pending = -1
+                if pending < 0 and transport.closed:  # both directions ended
+                    front.close_tls()
+                    done = True
+            if not out:
+                break
             try:
                 sent = io.sock.send(out)
             except (BlockingIOError, InterruptedError):
@@ -337,7 +343,7 @@ class Loop:
                 self._close_io(io)
                 return
             del out[:sent]
-            if out:
+            if out:  # the socket is full: wait until it is writable
                 if not io.want_write:
                     io.want_write = True
                     self._selector.modify(io.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,

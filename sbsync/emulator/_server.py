@@ -43,8 +43,10 @@ class Emulator:
     ``default_message_ttl`` (seconds, None = no expiry) are the defaults for entities that do
     not set their own. ``auto_create`` creates unknown queues and subscriptions on first use
     (they accept session and non-session receivers). Transfers above ``max_message_size``
-    bytes are refused (MessageSizeExceededError). Entities and messages live in memory and
-    survive ``stop()``/``start()``.
+    bytes are refused (MessageSizeExceededError). A next-available-session receiver that
+    names no wait of its own (``com.microsoft:timeout``; the SDK's uAMQP transport never
+    does) waits ``next_session_wait`` seconds for a session, 65 as the service. Entities and
+    messages live in memory and survive ``stop()``/``start()``.
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, queues: Iterable[str] = (),
@@ -55,7 +57,7 @@ class Emulator:
                  key_name: str = DEFAULT_KEY_NAME, key: str = DEFAULT_KEY,
                  auto_create: bool = False, max_message_size: int = 256 * 1024,
                  tls_port: int | None = None, tls_cert: str | None = None,
-                 tls_key: str | None = None) -> None:
+                 tls_key: str | None = None, next_session_wait: float = 65.0) -> None:
         self.host = host
         self.port = port
         self.tls_port = tls_port
@@ -81,7 +83,7 @@ class Emulator:
         self._rules = FaultRules()
         self._tls = TlsConfig(tls_cert, tls_key, host)
         self._adapter = Adapter(self._broker, self._rules, key_name, key, max_message_size,
-                                self._tls)
+                                self._tls, next_session_wait)
         # the administration API answers HTTP on the front door
         self._adapter.http_handler = AdminApi(
             self._broker, key_name, key, max_message_size=max_message_size,

@@ -81,6 +81,13 @@ class TlsConfig:
             self._ca_file, self._cert, self._key = ca, cert, key
 
 
+def development_pair(names: tuple[str, ...] = _DEFAULT_NAMES) -> tuple[str, str, str]:
+    """Paths of the generated development CA, server certificate (chain) and key for
+    ``names``; made once per process (benchmarks and tests hand them to an emulator
+    process with ``--tls-cert``/``--tls-key`` and trust the CA)."""
+    return _generated_pair(tuple(names))
+
+
 def _generated_pair(names: tuple[str, ...]) -> tuple[str, str, str]:
     with _generate_lock:
         paths = _generated.get(names)

@@ -14,7 +14,7 @@ from azure.servicebus import ServiceBusMessage
 from proton import Data
 
 from sbsync.emulator import Emulator
-from sbsync.emulator._tls import _generate
+from sbsync.emulator._tls import development_pair
 
 from .conftest import Sdk, new_queue, receive, tls_client
 
@@ -176,7 +176,7 @@ def test_http_and_https_reach_the_handler(servicebus_emulator_factory: Any) -> N
 
 
 def test_given_certificate(servicebus_emulator_factory: Any, tmp_path: Any) -> None:
-    ca, cert, key = _generate(("localhost", "127.0.0.1"))
+    ca, cert, key = development_pair()
     emulator: Emulator = servicebus_emulator_factory(tls_cert=cert, tls_key=key, tls_port=0)
     assert emulator.ca_file == cert  # a given chain is what clients trust
     with socket.create_connection(("127.0.0.1", emulator.tls_port), timeout=5) as raw:

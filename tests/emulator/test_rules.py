@@ -3,15 +3,10 @@ boolean filters, SQL rule actions, and what a message matching several rules bec
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 from azure.servicebus import ServiceBusMessage
-from azure.servicebus.management import ServiceBusAdministrationClient
 
 from sbsync.emulator import CorrelationFilter, EntityConfig, Rule
 from sbsync.emulator._config import parse_config
@@ -106,35 +101,6 @@ def test_action_can_route_into_a_session(emulator: Any, sdk: Sdk, client: Any) -
     receiver = sdk.open(client.get_subscription_receiver(topic, "s", session_id="t1"))
     (msg,) = receive(receiver, 1)
     assert msg.session_id == "t1"
-
-
-_JS = Path(__file__).parent / "js"
-
-
-def test_rules_over_amqp_management_from_the_js_sdk(emulator: Any) -> None:
-    """The JS SDK's rule manager uses the AMQP operations add-rule, remove-rule and
-    enumerate-rules (the Python SDK has no rule manager); refusals map to its error codes."""
-    node = shutil.which("node")
-    if node is None or not (_JS / "node_modules" / "@azure" / "service-bus").is_dir():
-        pytest.skip("needs node and `npm ci` in tests/emulator/js (the CI does both)")
-    topic = _topic(emulator, {"s": None})
-    done = subprocess.run([node, str(_JS / "rules.js"), emulator.connection_string, topic, "s"],
-                          capture_output=True, text=True, timeout=60, check=True)
-    out = json.loads(done.stdout)
-    assert out["initial"] == ["$Default"]
-    assert out["bad"] == "GeneralError"  # com.microsoft:argument-error, 400
-    assert out["dup"] == "MessagingEntityAlreadyExists"
-    assert out["missing"] == "MessagingEntityNotFound"
-    red, corr = out["rules"]
-    assert red == {"name": "red", "filter": {"sqlExpression": "color = 'red'"},
-                   "action": {"sqlExpression": "SET seen = 1"}}
-    assert corr["name"] == "corr" and corr["action"] == {}
-    assert corr["filter"]["correlationId"] == "c1"
-    assert corr["filter"]["applicationProperties"] == {"k": "v"}
-    # the rules the JS SDK made are the ones the administration API shows
-    with ServiceBusAdministrationClient.from_connection_string(
-            emulator.connection_string, connection_verify=emulator.ca_file) as admin:
-        assert [r.name for r in admin.list_rules(topic, "s")] == ["red", "corr"]
 
 
 def test_rules_from_config_json(emulator: Any, sdk: Sdk, client: Any) -> None:

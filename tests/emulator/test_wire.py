@@ -189,3 +189,24 @@ def test_raw_oversize_transfer_is_rejected(wire_emulator: Emulator) -> None:
         sender.send(Message(body=b"fits"))  # the link is still usable
         sender.close()
     assert wire_emulator.stats("q").active == 1
+
+
+def test_messages_without_an_id_get_one(wire_emulator: Emulator, sdk: Sdk) -> None:
+    """The service gives a message that has no message-id one (the JS SDK sends none, and
+    its receivers fail without); an id the sender chose is kept."""
+    namespace = f"sb://{wire_emulator.host}:{wire_emulator.port}/"
+    with _proton_client(wire_emulator) as conn:
+        _request(conn, "$cbs", sas_token(namespace, int(time.time()) + 600),
+                 {"operation": "put-token", "type": "jwt", "name": namespace + "q"})
+        sender = conn.create_sender(f"amqps://{wire_emulator.host}:{wire_emulator.port}/q")
+        sender.send(Message(body="anonymous", properties={"k": "v"}))
+        sender.send(Message(body="named", id="mine"))
+        sender.close()
+    client = sdk.client(wire_emulator.connection_string)
+    receiver = sdk.open(
+        client.get_queue_receiver("q", receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE))
+    first, second = receive(receiver, 2)
+    assert len(first.message_id) == 32 and int(first.message_id, 16) >= 0
+    assert first.application_properties == {b"k": b"v"}
+    assert "anonymous" in str(first)  # an amqp-value body, kept as sent
+    assert second.message_id == "mine"
