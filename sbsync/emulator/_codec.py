@@ -340,6 +340,17 @@ def ensure_message_id(msg: ParsedMessage, message_id: str) -> None:
     msg.has_id = True
 
 
+def list_elements(buf: bytes, pos: int) -> list[bytes]:
+    """The raw encoded elements of the list at ``pos`` (to rewrite some, keep the rest)."""
+    pos, count = _list_start(buf, pos)
+    out = []
+    for _ in range(count):
+        end = skip(buf, pos)
+        out.append(bytes(buf[pos:end]))
+        pos = end
+    return out
+
+
 def _list_start(buf: bytes, pos: int) -> tuple[int, int]:
     """(position of the first element, element count) of the encoded list at ``pos``."""
     code = buf[pos]

@@ -89,6 +89,7 @@ class StoredMessage:
         p.annotations = self.annotations
         p.bare, p.app_start, p.app_end = self.bare, self.app_start, self.app_end
         p.group_id = self.session_id
+        p.has_id = True  # it was given one on the way in
         p.hops = self.hops
         return p
 

@@ -205,7 +205,7 @@ class MessageView:
         props_sec = bare[:pe]
         group_id = p.group_id
         if self._sys_set:
-            elems = _list_elements(bare, 3) if pe else []
+            elems = codec.list_elements(bare, 3) if pe else []
             elems += [b"\x40"] * (13 - len(elems))
             for name, value in self._sys_set.items():
                 index = _PROPS_INDEX[name]
@@ -239,6 +239,7 @@ class MessageView:
         out.annotations = p.annotations
         out.group_id = group_id
         out.hops = p.hops
+        out.has_id = p.has_id
         out.bare = props_sec + before + app + after
         if app:
             out.app_start = len(props_sec) + len(before)
@@ -255,22 +256,6 @@ def _enc_prop(value: Any) -> bytes:
         return codec.enc_value(value)
     except codec.CodecError:
         return codec.enc_str(str(value))
-
-
-def _list_elements(buf: bytes, pos: int) -> list[bytes]:
-    code = buf[pos]
-    if code == 0x45:
-        return []
-    if code == 0xC0:
-        count, pos = buf[pos + 2], pos + 3
-    else:
-        count, pos = int.from_bytes(buf[pos + 5:pos + 9], "big"), pos + 9
-    out = []
-    for _ in range(count):
-        end = codec.skip(buf, pos)
-        out.append(bytes(buf[pos:end]))
-        pos = end
-    return out
 
 
 def route(rules: list[Rule], view: MessageView) -> list[codec.ParsedMessage]:
