@@ -2,7 +2,9 @@
 
 The official ``azure-servicebus`` SDK (sync and aio) runs against it unmodified through
 ``Emulator.connection_string`` (``UseDevelopmentEmulator=true``: plain AMQP on loopback), and
-its ``ServiceBusAdministrationClient`` over HTTPS on the same port.
+so do TLS clients (the SDK's uAMQP transport, the JS SDK, and the administration client
+``ServiceBusAdministrationClient`` over HTTPS) on the same port or ``Emulator.tls_port``,
+trusting ``Emulator.ca_file``.
 
 Only ``EntityConfig`` and the rule types it takes (``Rule``, ``CorrelationFilter``,
 ``SqlError``) are imported eagerly: the rest needs python-qpid-proton (the ``emulator``

@@ -117,6 +117,7 @@ class FrontDoor:
             raise FrontError(f"SASL: {exc}") from None
         self._send(reply)
         if self._sasl.done:
+            _LOG.debug("SASL %s%s", self._sasl.mechanism, " over TLS" if self._tls else "")
             self.amqp = True
             self.amqp_in += buf
             self._plain = None

@@ -213,14 +213,8 @@ class Loop:
             if capacity < 0:  # the engine has stopped reading (closed or failed)
                 self._close_io(io)
             return
-        try:
-            data = io.sock.recv(min(capacity, _READ_CHUNK))
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
+        data = self._recv(io, min(capacity, _READ_CHUNK))
         if not data:
-            self._close_io(io)
             return
         try:
             transport.push(data)
@@ -228,6 +222,20 @@ class Loop:
             _LOG.debug("transport input failed", exc_info=True)
             self._flush(io)
             self._close_io(io)
+
+    def _recv(self, io: _Io, size: int) -> bytes | None:
+        """Up to ``size`` bytes from the socket; None when there are none yet, or when the
+        peer has gone (the connection is then closed)."""
+        try:
+            data = io.sock.recv(size)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            self._close_io(io)
+            return None
+        return data
 
     def _flush(self, io: _Io) -> None:
         if io.front is not None:
@@ -269,14 +277,8 @@ class Loop:
     def _read_front(self, io: _Io) -> None:
         front = io.front
         assert front is not None
-        try:
-            data = io.sock.recv(_READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
+        data = self._recv(io, _READ_CHUNK)
         if not data:
-            self._close_io(io)
             return
         try:
             front.feed(data)

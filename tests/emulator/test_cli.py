@@ -276,7 +276,8 @@ def test_port_in_use(capsys: pytest.CaptureFixture[str], restore_logging: None) 
 def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for flag in ("--session-queue", "--subscription", "--config", "--auto-create", "--key"):
+    for flag in ("--session-queue", "--subscription", "--config", "--auto-create", "--key",
+                 "--tls-port", "--tls-cert", "--tls-key", "--next-session-wait"):
         assert flag in out
 
 

@@ -14,6 +14,8 @@ from azure.servicebus import ServiceBusMessage
 from proton import Data
 
 from sbsync.emulator import Emulator
+from sbsync.emulator._frontdoor import FrontDoor
+from sbsync.emulator._http import HttpConnection, not_found
 from sbsync.emulator._tls import development_pair
 
 from .conftest import Sdk, new_queue, receive, tls_client
@@ -191,3 +193,39 @@ def test_given_certificate(servicebus_emulator_factory: Any, tmp_path: Any) -> N
         Emulator(tls_cert=str(tmp_path / "missing.pem"))
     with pytest.raises(ValueError, match="needs"):
         Emulator(tls_key=key)
+
+
+def _byte_by_byte(door: FrontDoor, data: bytes) -> None:
+    for i in range(len(data)):
+        door.feed(data[i:i + 1])
+
+
+def test_sasl_split_anywhere_and_pipelined() -> None:
+    """A client may pipeline its SASL header, sasl-init and AMQP header in one write, or the
+    network may split them anywhere: the AMQP part reaches proton intact either way."""
+    amqp = b"AMQP\x00\x01\x00\x00" + b"\x00\x00\x00\x08\x02\x00\x00\x00"  # + a heartbeat
+    stream = SASL_HEADER + _sasl_init("MSSBCBS") + amqp
+    for feed in (lambda d, b: d.feed(b), _byte_by_byte):
+        door = FrontDoor(lambda: pytest.fail("no TLS here"), False, lambda: not_found)
+        feed(door, stream)
+        assert door.amqp and bytes(door.amqp_in) == amqp
+        assert bytes(door.out).startswith(SASL_HEADER)
+        door.amqp_in.clear()
+        door.out.clear()
+        assert door.direct
+
+
+def test_http_requests_split_anywhere() -> None:
+    seen: list[tuple[str, str, dict[str, str], bytes]] = []
+    conn = HttpConnection(lambda: _handler(seen))
+    requests = (b"PUT /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+                b"POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"2\r\nxy\r\n1;ext=1\r\nz\r\n0\r\nTrailer: t\r\n\r\n"
+                b"GET /c HTTP/1.1\r\nExpect: 100-continue\r\n\r\n")
+    out = b"".join(conn.feed(requests[i:i + 1]) for i in range(len(requests)))
+    assert [(m, t, b) for m, t, _, b in seen] == [("PUT", "/a", b"abc"), ("POST", "/b", b"xyz"),
+                                                  ("GET", "/c", b"")]
+    assert out.count(b"HTTP/1.1 201 Created") == 3
+    assert out.count(b"HTTP/1.1 100 Continue") == 1
+    assert not conn.closing
+    assert b"400 Bad Request" in HttpConnection(lambda: not_found).feed(b"\x00garbage")
