@@ -83,6 +83,11 @@ def _decode(buf: bytes, pos: int) -> tuple[Any, int]:
 
 
 def _decode_body(code: int, buf: bytes, pos: int) -> tuple[Any, int]:
+    if code == 0xA1:  # str8 first: map keys and most values are short strings
+        end = pos + 1 + buf[pos]
+        if end > len(buf):
+            raise CodecError("truncated value")
+        return str(buf[pos + 1 : end], "utf-8"), end
     if code == 0x00:
         descriptor, pos = _decode(buf, pos)
         value, pos = _decode(buf, pos)
