@@ -204,6 +204,10 @@ class Entity:
 
     def schedule_parsed(self, parsed: codec.ParsedMessage, at_ms: int, now_ms: int,
                         seq: int | None = None) -> int:
+        """Schedule a message (management schedule-message); returns its sequence number.
+        A duplicate (duplicate detection on) is dropped and gets a number naming nothing."""
+        if seq is None and self._duplicate(parsed, now_ms):
+            return self._seq()
         if self.kind == "topic":
             self._cap_ttl(parsed)
             return self._fan_out(parsed, now_ms, lambda sub, p, s: sub.schedule_parsed(

@@ -84,6 +84,10 @@ def test_duplicate_detection(emulator: Any, sdk: Sdk, client: Any) -> None:
                          ServiceBusMessage("c", message_id="two"),
                          ServiceBusMessage("d", message_id="two")])
     assert emulator.stats(queue).active == 2
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    sender.schedule_messages([ServiceBusMessage("s", message_id="sched")], later)
+    sender.schedule_messages([ServiceBusMessage("s", message_id="sched")], later)
+    assert emulator.stats(queue).scheduled == 1
     assert emulator.stats(f"{topic}/Subscriptions/s").active == 2
     assert emulator.stats(plain).active == 4
     short_sender.send_messages(ServiceBusMessage("x", message_id="m"))
