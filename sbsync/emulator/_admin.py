@@ -551,7 +551,8 @@ class AdminApi:
                    '<d2p1:TransferMessageCount>0</d2p1:TransferMessageCount>'
                    f'<d2p1:TransferDeadLetterMessageCount>{transfer_dead}'
                    '</d2p1:TransferDeadLetterMessageCount></CountDetails>')
-        total = active + dead + deferred + (scheduled if ent.kind != "topic" else 0)
+        total = active + dead + deferred + transfer_dead + \
+            (scheduled if ent.kind != "topic" else 0)
         return details, total, size
 
     def _description_xml(self, ent: Entity) -> str:

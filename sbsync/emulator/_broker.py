@@ -40,7 +40,8 @@ _LOG = logging.getLogger(__name__)
 DLQ_SUFFIX = "/$deadletterqueue"
 TRANSFER_DLQ_SUFFIX = "/$transfer/$deadletterqueue"
 #: "MaxTransferHopCountExceeded: the maximum number of allowed hops when forwarding between
-#: queues. Value is set to 4." (learn.microsoft.com, "Service Bus dead-letter queues")
+#: queues. Value is set to 4." (learn.microsoft.com, "Service Bus dead-letter queues"); such
+#: a message goes to the forwarding entity's transfer dead-letter queue.
 MAX_HOPS = 4
 
 
@@ -76,6 +77,7 @@ class Entity:
         self._session_heap: list[tuple[int, str]] = []  # (lock expiry, session id)
         self._next_seq = 1
         self.dlq: Entity | None = None
+        self.tdlq: Entity | None = None  # the transfer dead-letter queue (forwarding failures)
 
     def __repr__(self) -> str:
         return f"Entity({self.path!r}, {self.kind})"
@@ -232,9 +234,16 @@ class Entity:
         if self.forward_to is not None:
             if self._forward(msg, self.forward_to, now_ms):
                 return False
-            if msg.hops >= MAX_HOPS:
-                self.dead_letter_msg(msg, "MaxTransferHopCountExceeded", "The message "
-                                     f"exceeded the maximum of {MAX_HOPS} forwarding hops.")
+            if msg.hops >= MAX_HOPS and self.tdlq is not None:
+                msg.set_app_props({"DeadLetterReason": "MaxTransferHopCountExceeded",
+                                   "DeadLetterErrorDescription": "The message exceeded the "
+                                   f"maximum of {MAX_HOPS} forwarding hops."})
+                msg.state = ACTIVE
+                msg.expires_ms = msg.ttl_ms = None
+                self.tdlq.messages[msg.seq] = msg
+                heapq.heappush(self.tdlq.ready, msg.seq)
+                if self.broker is not None:
+                    self.broker.touched.append(self.tdlq)
                 return False
         msg.state = ACTIVE
         msg.enqueued_ms = now_ms
@@ -625,6 +634,7 @@ class Broker:
             tdlq = Entity(path + "/$Transfer/$DeadLetterQueue", "dlq", cfg, lock_ms,
                           max_dc, None, False, self)
             ent.dlq = dlq
+            ent.tdlq = tdlq
             self.entities[key + DLQ_SUFFIX] = dlq
             self.entities[key + TRANSFER_DLQ_SUFFIX] = tdlq
         if cfg.kind == "subscription":

@@ -276,3 +276,19 @@ def test_deleting_an_entity_detaches_its_clients(emulator: Any, sdk: Sdk, no_ret
         sender.send_messages(ServiceBusMessage("b"))
     with pytest.raises(MessagingEntityNotFoundError):
         receiver.receive_messages(max_wait_time=2)
+
+
+def test_transfer_dead_letter_count(emulator: Any, sdk: Sdk, client: Any, admin: Any) -> None:
+    """A chain longer than the service's 4 forwarding hops, made over HTTP: the message lands
+    in the transfer dead-letter queue, and the runtime properties count it there."""
+    names = [unique(f"chain{i}") for i in range(6)]
+    admin.create_queue(names[5])
+    for i in reversed(range(5)):
+        admin.create_queue(names[i], forward_to=names[i + 1])
+    sender = sdk.open(client.get_queue_sender(names[0]))
+    sender.send_messages(ServiceBusMessage("far"))
+    stopped = admin.get_queue_runtime_properties(names[4])
+    assert stopped.transfer_dead_letter_message_count == 1
+    assert stopped.dead_letter_message_count == 0
+    assert stopped.total_message_count == 1
+    assert admin.get_queue_runtime_properties(names[5]).active_message_count == 0

@@ -133,8 +133,8 @@ def test_auto_forwarding(emulator: Any, sdk: Sdk, client: Any) -> None:
 
 
 def test_forwarding_hop_limit(emulator: Any, sdk: Sdk, client: Any) -> None:
-    """Past 4 hops the message is dead-lettered with MaxTransferHopCountExceeded (the
-    service's documented limit)."""
+    """Past 4 hops the message goes to the transfer dead-letter queue with
+    MaxTransferHopCountExceeded (the service's documented limit)."""
     names = [unique(f"hop{i}") for i in range(6)]
     for i in reversed(range(6)):
         emulator.create_entity(EntityConfig(
@@ -145,10 +145,12 @@ def test_forwarding_hop_limit(emulator: Any, sdk: Sdk, client: Any) -> None:
     emulator.create_entity(EntityConfig(name=loop_b, forward_to=loop_a))
     sender, loop_sender, dead = sdk.open(
         client.get_queue_sender(names[0]), client.get_queue_sender(loop_a),
-        client.get_queue_receiver(names[4], sub_queue=ServiceBusSubQueue.DEAD_LETTER))
+        client.get_queue_receiver(names[4], sub_queue=ServiceBusSubQueue.TRANSFER_DEAD_LETTER))
     sender.send_messages(ServiceBusMessage("far"))
     (msg,) = receive(dead, 1)
     assert msg.dead_letter_reason == "MaxTransferHopCountExceeded"
     assert emulator.stats(names[5]).active == 0
+    assert emulator.stats(names[4]).dead_letter == 0  # not the ordinary dead-letter queue
     loop_sender.send_messages(ServiceBusMessage("round"))
-    assert emulator.stats(loop_a).dead_letter + emulator.stats(loop_b).dead_letter == 1
+    assert sum(emulator.stats(f"{q}/$Transfer/$DeadLetterQueue").active
+               for q in (loop_a, loop_b)) == 1
