@@ -175,8 +175,7 @@ class MessageView:
             return 0
         if name == "timetolive":
             return datetime.timedelta(milliseconds=p.ttl_ms) if p.ttl_ms else None
-        if name in ("partitionkey", "viapartitionkey", "via partitionkey",
-                    "scheduledenqueuetimeutc"):
+        if name in ("partitionkey", "viapartitionkey", "scheduledenqueuetimeutc"):
             key = {"partitionkey": "x-opt-partition-key",
                    "scheduledenqueuetimeutc": "x-opt-scheduled-enqueue-time"}.get(
                        name, "x-opt-via-partition-key")

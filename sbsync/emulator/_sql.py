@@ -58,7 +58,7 @@ SYSTEM_PROPERTIES = frozenset((
     "messageid", "correlationid", "to", "replyto", "label", "subject", "sessionid",
     "replytosessionid", "contenttype", "partitionkey", "timetolive", "sequencenumber",
     "enqueuedsequencenumber", "enqueuedtimeutc", "scheduledenqueuetimeutc", "expiresatutc",
-    "deliverycount", "size", "deadlettersource", "via partitionkey", "viapartitionkey",
+    "deliverycount", "size", "deadlettersource", "viapartitionkey",
     "lockeduntilutc", "locktoken", "state",
 ))
 # sys. properties an action may SET (the message's own headers; broker stamps are read-only)
