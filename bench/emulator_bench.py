@@ -18,6 +18,9 @@ Scenarios:
                   bottleneck: this shows the emulator's own headroom)
   receive+complete  peek-lock ``receive_messages(100)`` then ``complete_message`` each
   session receive+complete  the same on one session of a session-enabled queue
+  batch send, rules    batch send to a topic whose subscription has 3 SQL filter rules
+                  (compiled once at rule creation; each message is matched against them)
+  receive+complete, rules  receive+complete from that subscription
   memory          emulator RSS idle and with 100,000 queued messages (10,000 in --quick)
 """
 
@@ -30,6 +33,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -50,7 +54,16 @@ TARGETS = {
     "batch_send": 5000.0,
     "batch_send_2_drivers": 5000.0,
     "receive_complete": 2000.0,
+    "batch_send_rules": 5000.0,
+    "receive_complete_rules": 2000.0,
 }
+# The rules scenario's subscription: three SQL filters; every bench message matches one.
+SQL_FILTERS = (
+    "region = 'eu' AND priority > 5",
+    "sys.Label LIKE 'order-%' AND region IN ('us', 'apac')",
+    "EXISTS(tenant) OR amount * 2 >= 100",
+)
+RULES_PROPS = {"region": "eu", "priority": 7, "amount": 10}
 
 
 @dataclass(frozen=True)
@@ -84,8 +97,10 @@ class Clock:
         self.driver_cpu = time.process_time() - driver
 
 
-def _messages(count: int, session_id: str | None = None) -> list[ServiceBusMessage]:
-    return [ServiceBusMessage(BODY, session_id=session_id) for _ in range(count)]
+def _messages(count: int, session_id: str | None = None,
+              props: dict[str, Any] | None = None) -> list[ServiceBusMessage]:
+    return [ServiceBusMessage(BODY, session_id=session_id, application_properties=props,
+                              subject="order-1" if props else None) for _ in range(count)]
 
 
 def fill(client: ServiceBusClient, queue: str, count: int, session_id: str | None = None) -> None:
@@ -181,6 +196,33 @@ def session_receive_complete(
         _drain(receiver, clock, count)
 
 
+def batch_send_rules(client: ServiceBusClient, clock: Clock, topic: str, count: int) -> None:
+    with client.get_topic_sender(topic) as sender:
+        sender.send_messages(ServiceBusMessage(BODY))  # warm (matches no rule)
+        with clock.timing():
+            for start in range(0, count, BATCH):
+                sender.send_messages(_messages(min(BATCH, count - start), props=RULES_PROPS))
+
+
+def receive_complete_rules(client: ServiceBusClient, clock: Clock, topic: str,
+                           count: int) -> None:
+    with client.get_topic_sender(topic) as sender:
+        for start in range(0, count, BATCH):
+            sender.send_messages(_messages(min(BATCH, count - start), props=RULES_PROPS))
+    with client.get_subscription_receiver(topic, "filtered") as receiver:
+        _drain(receiver, clock, count)
+
+
+def rules_config(topics: list[str]) -> dict[str, Any]:
+    """A Config.json with ``topics``, each with one subscription holding the three rules."""
+    rules = [{"Name": f"rule{i}", "Properties": {"FilterType": "Sql",
+                                                 "SqlFilter": {"SqlExpression": sql}}}
+             for i, sql in enumerate(SQL_FILTERS)]
+    return {"UserConfig": {"Namespaces": [{"Name": "sbemulatorns", "Topics": [
+        {"Name": t, "Subscriptions": [{"Name": "filtered", "Rules": rules}]} for t in topics
+    ]}]}}
+
+
 Scenario = Callable[[ServiceBusClient, Clock, str, int], None]
 
 
@@ -199,7 +241,11 @@ def _tls_client(conn_str: str, port: int, ca_file: str) -> ServiceBusClient:
 def throughput(sizes: Sizes, runs: int, log: Callable[[str], None],
                tls: bool = False) -> dict[str, Any]:
     session_queues = [f"bench-sessions-{i}" for i in range(runs)]
-    args = ["--auto-create"]
+    rule_topics = [f"bench-rules-{i}" for i in range(2 * runs)]
+    config = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+    with config:
+        json.dump(rules_config(rule_topics), config)
+    args = ["--auto-create", "--config", config.name]
     for name in session_queues:
         args += ["--session-queue", name]
     ca_file = ""
@@ -217,6 +263,21 @@ def throughput(sizes: Sizes, runs: int, log: Callable[[str], None],
             lambda i: session_queues[i],
         ),
     ]
+    if not tls:
+        scenarios += [
+            ("batch_send_rules", sizes.batch, batch_send_rules, lambda i: rule_topics[i]),
+            ("receive_complete_rules", sizes.receive, receive_complete_rules,
+             lambda i: rule_topics[runs + i]),
+        ]
+    try:
+        return _throughput(args, scenarios, sizes, runs, log, tls, ca_file)
+    finally:
+        os.unlink(config.name)
+
+
+def _throughput(args: list[str], scenarios: list[tuple[str, int, Scenario, Callable[[int], str]]],
+                sizes: Sizes, runs: int, log: Callable[[str], None], tls: bool,
+                ca_file: str) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with Emulator.running(*args) as emulator:
         conn_str = emulator.conn_str

@@ -2,11 +2,13 @@
 
 The official ``azure-servicebus`` SDK (sync and aio) runs against it unmodified through
 ``Emulator.connection_string`` (``UseDevelopmentEmulator=true``: plain AMQP on loopback), and
-so do TLS clients (the SDK's uAMQP transport, the JS SDK, HTTPS for the administration
-client) on the same port or ``Emulator.tls_port``, trusting ``Emulator.ca_file``.
+so do TLS clients (the SDK's uAMQP transport, the JS SDK, and the administration client
+``ServiceBusAdministrationClient`` over HTTPS) on the same port or ``Emulator.tls_port``,
+trusting ``Emulator.ca_file``.
 
-Only ``EntityConfig`` is imported eagerly: the rest needs python-qpid-proton (the
-``emulator`` extra), so it loads on first use and the pytest plugin costs nothing without it.
+Only ``EntityConfig`` and the rule types it takes (``Rule``, ``CorrelationFilter``,
+``SqlError``) are imported eagerly: the rest needs python-qpid-proton (the ``emulator``
+extra), so it loads on first use and the pytest plugin costs nothing without it.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._config import EntityConfig
+from ._rules import CorrelationFilter, Rule
+from ._sql import SqlError
 
 if TYPE_CHECKING:
     from ._faults import Faults
     from ._records import EntityStats
     from ._server import DEFAULT_KEY, DEFAULT_KEY_NAME, Emulator
 
-__all__ = ["DEFAULT_KEY", "DEFAULT_KEY_NAME", "Emulator", "EntityConfig", "EntityStats", "Faults"]
+__all__ = ["DEFAULT_KEY", "DEFAULT_KEY_NAME", "CorrelationFilter", "Emulator", "EntityConfig",
+           "EntityStats", "Faults", "Rule", "SqlError"]
 
 _LAZY = {"DEFAULT_KEY": "._server", "DEFAULT_KEY_NAME": "._server", "Emulator": "._server",
          "EntityStats": "._records", "Faults": "._faults"}

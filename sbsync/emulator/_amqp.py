@@ -23,7 +23,7 @@ from ._frontdoor import FrontDoor
 from ._http import HttpHandler, not_found
 from ._loop import Loop
 from ._management import Management
-from ._records import NOT_ALLOWED, SERVER_BUSY, SIZE_EXCEEDED, BrokerError
+from ._records import NOT_ALLOWED, NOT_FOUND, SERVER_BUSY, SIZE_EXCEEDED, BrokerError
 from ._tls import TlsConfig
 from ._wire import attr, error_condition, now_ms
 
@@ -296,6 +296,9 @@ class Adapter:
         touched: list[Entity] = []
         if self.rules.take_failure("send"):
             error = BrokerError(SERVER_BUSY, "The server is busy (injected fault).", 503)
+        elif entity.deleted:
+            error = BrokerError(NOT_FOUND, f"The messaging entity '{entity.path}' was deleted.",
+                                404)
         elif len(data) > self.max_message_size:
             error = BrokerError(SIZE_EXCEEDED, f"The message ({len(data)} bytes) exceeds the "
                                 f"limit of {self.max_message_size} bytes.")
@@ -324,6 +327,8 @@ class Adapter:
             dlv.settle()
 
         self.later(self.rules.delay_for("send"), finish)
+        if self.broker.touched:  # auto-forwarded on arrival
+            touched.extend(self.broker.drain_touched())
         for ent in dict.fromkeys(touched):
             self.pump_entity(ent)
 
@@ -410,6 +415,17 @@ class Adapter:
             self.pump_entity(ent)
         if self.consumers.waiting:
             self.consumers.serve_waiting()
+
+    def entities_deleted(self, gone: list[Entity]) -> None:
+        """Detach the receivers of deleted entities (their senders are refused per transfer)."""
+        for ent in gone:
+            for cons in list(self.consumers.by_entity.pop(ent, [])):
+                link = cons.link
+                if not link.state & Endpoint.LOCAL_CLOSED:
+                    link.condition = error_condition(
+                        NOT_FOUND, f"The messaging entity '{ent.path}' was deleted.")
+                    link.close()
+                self.consumers.drop(cons)
 
     def drop_connections(self) -> int:
         return self.loop.drop_all() if self.loop is not None else 0

@@ -1,4 +1,5 @@
-"""The broker model: entities, messages, locks, sessions, dead-letter, scheduled, deferred, TTL.
+"""The broker model: entities, messages, locks, sessions, dead-letter, scheduled, deferred, TTL,
+subscription rules, duplicate detection and auto-forwarding.
 
 Pure data structures driven by the protocol adapter from the loop thread; no I/O and no
 proton here. Times are wall-clock milliseconds (they travel to clients as lock expiries).
@@ -11,8 +12,9 @@ import heapq
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Callable
 
 from . import _codec as codec
 from ._config import EntityConfig
@@ -31,27 +33,39 @@ from ._records import (
     Session,
     StoredMessage,
 )
+from ._rules import DEFAULT_RULE, MessageView, Rule, route
 
 _LOG = logging.getLogger(__name__)
 
 DLQ_SUFFIX = "/$deadletterqueue"
 TRANSFER_DLQ_SUFFIX = "/$transfer/$deadletterqueue"
+#: "MaxTransferHopCountExceeded: the maximum number of allowed hops when forwarding between
+#: queues. Value is set to 4." (learn.microsoft.com, "Service Bus dead-letter queues"); such
+#: a message goes to the forwarding entity's transfer dead-letter queue.
+MAX_HOPS = 4
 
 
 class Entity:
     """A queue, topic, subscription or dead-letter sub-queue."""
 
     def __init__(self, path: str, kind: str, cfg: EntityConfig,
-                 lock_ms: int, max_delivery: int, ttl_ms: int | None, auto: bool) -> None:
+                 lock_ms: int, max_delivery: int, ttl_ms: int | None, auto: bool,
+                 broker: Broker | None = None) -> None:
         self.path = path
         self.kind = kind  # queue | topic | subscription | dlq
-        self.requires_session = cfg.requires_session and kind != "dlq"
         self.auto = auto
-        self.session_capable = self.requires_session or (auto and kind != "dlq")
-        self.lock_ms = lock_ms
-        self.max_delivery = max_delivery
-        self.ttl_ms = ttl_ms
-        self.dlq_on_expiry = cfg.dead_lettering_on_message_expiration
+        self.broker = broker
+        self.created_ms = self.updated_ms = self.accessed_ms = int(time.time() * 1000)
+        #: administration API settings kept only to be shown back (MaxSizeInMegabytes, ...)
+        self.extra: dict[str, str] = {}
+        self.deleted = False
+        self.configure(cfg, lock_ms, max_delivery, ttl_ms)
+        self.rules: list[Rule] = list(cfg.rules) if cfg.rules is not None \
+            else [Rule(DEFAULT_RULE)]
+        self.plain_rules = True
+        self.rules_changed()
+        self._seen: dict[Any, int] = {}  # message id -> end of its duplicate window
+        self._seen_order: deque[tuple[int, Any]] = deque()
         self.messages: dict[int, StoredMessage] = {}
         self.ready: list[int] = []
         self.sessions: dict[str, Session] = {}
@@ -63,9 +77,57 @@ class Entity:
         self._session_heap: list[tuple[int, str]] = []  # (lock expiry, session id)
         self._next_seq = 1
         self.dlq: Entity | None = None
+        self.tdlq: Entity | None = None  # the transfer dead-letter queue (forwarding failures)
 
     def __repr__(self) -> str:
         return f"Entity({self.path!r}, {self.kind})"
+
+    def configure(self, cfg: EntityConfig, lock_ms: int, max_delivery: int,
+                  ttl_ms: int | None) -> None:
+        """(Re)apply settings; messages already held keep their expiry."""
+        self.cfg = cfg
+        self.requires_session = cfg.requires_session and self.kind != "dlq"
+        self.session_capable = self.requires_session or (self.auto and self.kind != "dlq")
+        self.lock_ms = lock_ms
+        self.max_delivery = max_delivery
+        self.ttl_ms = ttl_ms
+        self.dlq_on_expiry = cfg.dead_lettering_on_message_expiration
+        self.dup_window_ms = int(cfg.duplicate_detection_window * 1000) \
+            if cfg.requires_duplicate_detection and self.kind in ("queue", "topic") else None
+        self.forward_to = cfg.forward_to if self.kind in ("queue", "subscription") else None
+        self.forward_dlq_to = cfg.forward_dead_lettered_messages_to \
+            if self.kind in ("queue", "subscription") else None
+
+    def rules_changed(self) -> None:
+        """Recompute the fast path: only the default TrueFilter rule means every message."""
+        self.plain_rules = len(self.rules) == 1 and self.rules[0].is_default
+
+    # ------------------------------------------------------------ duplicates
+
+    def _duplicate(self, parsed: codec.ParsedMessage, now_ms: int) -> bool:
+        """True when duplicate detection is on and this message id was seen in the window."""
+        window = self.dup_window_ms
+        if window is None:
+            return False
+        bare = parsed.bare
+        if bare[:3] != b"\x00\x53\x73":
+            return False
+        fields = codec.decode(bare, 3)[0]
+        mid = fields[0] if fields else None
+        if mid is None:
+            return False
+        key = (type(mid).__name__, bytes(mid) if isinstance(mid, memoryview) else mid)
+        seen, order = self._seen, self._seen_order
+        while order and order[0][0] <= now_ms:
+            end, old = order.popleft()
+            if seen.get(old) == end:
+                del seen[old]
+        if key in seen:
+            _LOG.debug("%r: duplicate message id %r dropped", self, mid)
+            return True
+        seen[key] = now_ms + window
+        order.append((now_ms + window, key))
+        return False
 
     # ------------------------------------------------------------ enqueue
 
@@ -87,25 +149,54 @@ class Entity:
 
         A topic assigns the sequence number; each subscription keeps it, so one number
         names the same message everywhere (and cancelling a scheduled one works)."""
+        self.accessed_ms = now_ms
         if self.kind == "topic":
-            seq = self._seq()
-            touched = []
-            for sub in self._accepting(parsed):
-                touched.extend(sub.accept(parsed, now_ms, seq))
+            touched: list[Entity] = []
+            self._cap_ttl(parsed)
+            if not self._duplicate(parsed, now_ms):
+                self._fan_out(parsed, now_ms, lambda sub, p, s: touched.extend(
+                    sub.accept(p, now_ms, s)))
             return touched
         self.validate(parsed)
+        if seq is None and self._duplicate(parsed, now_ms):
+            return []
         msg = StoredMessage(parsed, seq or self._seq(), now_ms)
         sched = msg.annotation("x-opt-scheduled-enqueue-time")
         if isinstance(sched, int) and sched > now_ms:
             self.schedule(msg, sched)
             return []
-        self._activate(msg, now_ms)
-        return [self]
+        return [self] if self._activate(msg, now_ms) else []
 
-    def _accepting(self, parsed: codec.ParsedMessage) -> list[Entity]:
-        # a message without a session id cannot go to a session-enabled subscription
-        return [sub for sub in self.subscriptions
-                if not (sub.requires_session and parsed.group_id is None)]
+    def _cap_ttl(self, parsed: codec.ParsedMessage) -> None:
+        """A topic's default time to live caps its messages' own (the smaller wins); each
+        subscription then applies its own default the same way."""
+        if self.ttl_ms is not None and (not parsed.ttl_ms or parsed.ttl_ms > self.ttl_ms):
+            parsed.ttl_ms = self.ttl_ms
+
+    def _fan_out(self, parsed: codec.ParsedMessage, now_ms: int,
+                 deliver: Callable[[Entity, codec.ParsedMessage, int], Any]) -> int:
+        """Hand each subscription the copies its rules select; returns the sequence number.
+
+        A topic assigns the number; a subscription's first copy keeps it (so cancelling a
+        scheduled message works across subscriptions), copies made by rule actions get
+        their own."""
+        seq = self._seq()
+        view: MessageView | None = None
+        for sub in self.subscriptions:
+            if sub.plain_rules:
+                copies = [parsed]
+            else:
+                if view is None:  # decoded once per message, for all subscriptions
+                    view = MessageView(parsed, seq, now_ms)
+                copies = route(sub.rules, view)
+            first = True
+            for copy in copies:
+                # a message without a session id cannot go to a session-enabled subscription
+                if sub.requires_session and copy.group_id is None:
+                    continue
+                deliver(sub, copy, seq if first else self._seq())
+                first = False
+        return seq
 
     def schedule(self, msg: StoredMessage, at_ms: int) -> int:
         msg.state = SCHEDULED
@@ -115,11 +206,14 @@ class Entity:
 
     def schedule_parsed(self, parsed: codec.ParsedMessage, at_ms: int, now_ms: int,
                         seq: int | None = None) -> int:
+        """Schedule a message (management schedule-message); returns its sequence number.
+        A duplicate (duplicate detection on) is dropped and gets a number naming nothing."""
+        if seq is None and self._duplicate(parsed, now_ms):
+            return self._seq()
         if self.kind == "topic":
-            seq = self._seq()
-            for sub in self._accepting(parsed):
-                sub.schedule_parsed(parsed, at_ms, now_ms, seq)
-            return seq
+            self._cap_ttl(parsed)
+            return self._fan_out(parsed, now_ms, lambda sub, p, s: sub.schedule_parsed(
+                p, at_ms, now_ms, s))
         self.validate(parsed)
         msg = StoredMessage(parsed, seq or self._seq(), now_ms)
         if at_ms <= now_ms:
@@ -135,7 +229,22 @@ class Entity:
                 if msg is not None and msg.state == SCHEDULED:
                     del ent.messages[seq]
 
-    def _activate(self, msg: StoredMessage, now_ms: int) -> None:
+    def _activate(self, msg: StoredMessage, now_ms: int) -> bool:
+        """Make a message available here, or forward it; True when it stayed here."""
+        if self.forward_to is not None:
+            if self._forward(msg, self.forward_to, now_ms):
+                return False
+            if msg.hops >= MAX_HOPS and self.tdlq is not None:
+                msg.set_app_props({"DeadLetterReason": "MaxTransferHopCountExceeded",
+                                   "DeadLetterErrorDescription": "The message exceeded the "
+                                   f"maximum of {MAX_HOPS} forwarding hops."})
+                msg.state = ACTIVE
+                msg.expires_ms = msg.ttl_ms = None
+                self.tdlq.messages[msg.seq] = msg
+                heapq.heappush(self.tdlq.ready, msg.seq)
+                if self.broker is not None:
+                    self.broker.touched.append(self.tdlq)
+                return False
         msg.state = ACTIVE
         msg.enqueued_ms = now_ms
         ttl = msg.ttl_ms
@@ -146,6 +255,28 @@ class Entity:
             heapq.heappush(self._expiry_heap, (msg.expires_ms, msg.seq))
         self.messages[msg.seq] = msg
         self._make_ready(msg)
+        return True
+
+    def _forward(self, msg: StoredMessage, target_path: str, now_ms: int) -> bool:
+        """Move a message to ``target_path`` (a queue or topic); False when it cannot go
+        (hop limit, missing or unsuitable destination) and stays with the caller."""
+        broker = self.broker
+        if broker is None or msg.hops >= MAX_HOPS:
+            return False
+        target = broker.find(target_path)
+        if target is None or target.kind not in ("queue", "topic") or target is self:
+            _LOG.warning("%r: cannot forward to %r: no such queue or topic", self, target_path)
+            return False
+        parsed = msg.to_parsed()
+        parsed.hops = msg.hops + 1
+        try:
+            touched = target.accept(parsed, now_ms)
+        except BrokerError as err:
+            _LOG.warning("%r: forwarding to %r failed: %s", self, target_path, err.description)
+            return False
+        self.messages.pop(msg.seq, None)
+        broker.touched.extend(touched)
+        return True
 
     def _make_ready(self, msg: StoredMessage) -> None:
         if self.session_capable and msg.session_id is not None:
@@ -257,6 +388,10 @@ class Entity:
         msg.state = ACTIVE
         msg.expires_ms = None
         msg.ttl_ms = None
+        msg.lock_token = None
+        if self.forward_dlq_to is not None \
+                and self._forward(msg, self.forward_dlq_to, int(time.time() * 1000)):
+            return
         dlq.messages[msg.seq] = msg
         heapq.heappush(dlq.ready, msg.seq)
 
@@ -423,8 +558,7 @@ class Entity:
             msg = self.messages.get(seq)
             if msg is not None and msg.state == SCHEDULED:
                 del self.messages[seq]
-                self._activate(msg, now_ms)
-                back = True
+                back = self._activate(msg, now_ms) or back
         exp = self._expiry_heap
         while exp and exp[0][0] <= now_ms:
             _, seq = heapq.heappop(exp)
@@ -476,6 +610,8 @@ class Broker:
         self.default_ttl = default_message_ttl
         self.auto_create = auto_create
         self.entities: dict[str, Entity] = {}  # lower-case path -> entity (incl. sub-queues)
+        #: entities given messages by forwarding; the adapter pumps and clears them
+        self.touched: list[Entity] = []
 
     def create(self, cfg: EntityConfig, auto: bool = False) -> Entity:
         path = cfg.path
@@ -489,25 +625,66 @@ class Broker:
                 topic = self.create(EntityConfig(name=cfg.topic or "", kind="topic"), auto)
             elif topic.kind != "topic":
                 self._make_topic(topic)
-        lock_ms = int(1000 * (cfg.lock_duration if cfg.lock_duration is not None
-                              else self.lock_duration))
-        max_dc = cfg.max_delivery_count if cfg.max_delivery_count is not None \
-            else self.max_delivery_count
-        ttl = cfg.default_message_ttl if cfg.default_message_ttl is not None else self.default_ttl
-        ttl_ms = int(ttl * 1000) if ttl is not None else None
-        ent = Entity(path, cfg.kind, cfg, lock_ms, max_dc, ttl_ms, auto)
+        lock_ms, max_dc, ttl_ms = self._settings(cfg)
+        ent = Entity(path, cfg.kind, cfg, lock_ms, max_dc, ttl_ms, auto, self)
         self.entities[key] = ent
         if cfg.kind != "topic":
-            dlq = Entity(path + "/$DeadLetterQueue", "dlq", cfg, lock_ms, max_dc, None, False)
+            dlq = Entity(path + "/$DeadLetterQueue", "dlq", cfg, lock_ms, max_dc, None, False,
+                         self)
             tdlq = Entity(path + "/$Transfer/$DeadLetterQueue", "dlq", cfg, lock_ms,
-                          max_dc, None, False)
+                          max_dc, None, False, self)
             ent.dlq = dlq
+            ent.tdlq = tdlq
             self.entities[key + DLQ_SUFFIX] = dlq
             self.entities[key + TRANSFER_DLQ_SUFFIX] = tdlq
         if cfg.kind == "subscription":
             self.entities[(cfg.topic or "").lower()].subscriptions.append(ent)
         _LOG.debug("created %r", ent)
         return ent
+
+    def _settings(self, cfg: EntityConfig) -> tuple[int, int, int | None]:
+        lock_ms = int(1000 * (cfg.lock_duration if cfg.lock_duration is not None
+                              else self.lock_duration))
+        max_dc = cfg.max_delivery_count if cfg.max_delivery_count is not None \
+            else self.max_delivery_count
+        ttl = cfg.default_message_ttl if cfg.default_message_ttl is not None else self.default_ttl
+        ttl_ms = int(ttl * 1000) if ttl is not None else None
+        return lock_ms, max_dc, ttl_ms
+
+    def update(self, ent: Entity, cfg: EntityConfig) -> None:
+        """Apply new settings to an existing entity (and its dead-letter queues)."""
+        lock_ms, max_dc, ttl_ms = self._settings(cfg)
+        ent.configure(cfg, lock_ms, max_dc, ttl_ms)
+        ent.updated_ms = int(time.time() * 1000)
+        for suffix in (DLQ_SUFFIX, TRANSFER_DLQ_SUFFIX):
+            sub = self.entities.get(ent.path.lower() + suffix)
+            if sub is not None:
+                sub.configure(cfg, lock_ms, max_dc, None)
+
+    def delete(self, ent: Entity) -> list[Entity]:
+        """Remove an entity with its sub-queues (and a topic's subscriptions); returns every
+        entity removed."""
+        gone = [ent]
+        if ent.kind == "topic":
+            for sub in list(ent.subscriptions):
+                gone.extend(self.delete(sub))
+        key = ent.path.lower()
+        for k in (key, key + DLQ_SUFFIX, key + TRANSFER_DLQ_SUFFIX):
+            removed = self.entities.pop(k, None)
+            if removed is not None:
+                removed.deleted = True
+                if removed is not ent:
+                    gone.append(removed)
+        if ent.kind == "subscription":
+            topic = self.entities.get(key.split("/", 1)[0])
+            if topic is not None and ent in topic.subscriptions:
+                topic.subscriptions.remove(ent)
+        _LOG.debug("deleted %r", ent)
+        return gone
+
+    def drain_touched(self) -> list[Entity]:
+        touched, self.touched = self.touched, []
+        return touched
 
     def _make_topic(self, ent: Entity) -> None:
         """An auto-created "queue" turns out to be a topic (a subscription of it is used)."""
@@ -554,4 +731,5 @@ class Broker:
             if back:
                 touched.append(ent)
             lost.extend(holders)
+        touched.extend(self.drain_touched())
         return touched, lost

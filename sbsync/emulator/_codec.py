@@ -83,6 +83,11 @@ def _decode(buf: bytes, pos: int) -> tuple[Any, int]:
 
 
 def _decode_body(code: int, buf: bytes, pos: int) -> tuple[Any, int]:
+    if code == 0xA1:  # str8 first: map keys and most values are short strings
+        end = pos + 1 + buf[pos]
+        if end > len(buf):
+            raise CodecError("truncated value")
+        return str(buf[pos + 1 : end], "utf-8"), end
     if code == 0x00:
         descriptor, pos = _decode(buf, pos)
         value, pos = _decode(buf, pos)
@@ -251,7 +256,7 @@ class ParsedMessage:
     """
 
     __slots__ = ("annotations", "app_end", "app_start", "bare", "durable", "group_id",
-                 "has_id", "priority", "ttl_ms")
+                 "has_id", "hops", "priority", "ttl_ms")
 
     def __init__(self) -> None:
         self.durable = False
@@ -262,6 +267,7 @@ class ParsedMessage:
         self.app_start = 0
         self.app_end = 0
         self.group_id: str | None = None
+        self.hops = 0  # auto-forwarding transfers so far
         self.has_id = False  # properties carry a message-id
 
 
@@ -337,6 +343,17 @@ def ensure_message_id(msg: ParsedMessage, message_id: str) -> None:
         msg.app_start += len(new) - end
         msg.app_end += len(new) - end
     msg.has_id = True
+
+
+def list_elements(buf: bytes, pos: int) -> list[bytes]:
+    """The raw encoded elements of the list at ``pos`` (to rewrite some, keep the rest)."""
+    pos, count = _list_start(buf, pos)
+    out = []
+    for _ in range(count):
+        end = skip(buf, pos)
+        out.append(bytes(buf[pos:end]))
+        pos = end
+    return out
 
 
 def _list_start(buf: bytes, pos: int) -> tuple[int, int]:

@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ._rules import CorrelationFilter, Rule, SqlError
+
 _LOGGER = logging.getLogger(__name__)
 
 EntityKind = Literal["queue", "topic", "subscription"]
@@ -20,7 +22,9 @@ class EntityConfig:
 
     ``name`` is the queue or topic name; for a subscription it is the subscription name and
     ``topic`` names its topic. ``None`` settings take the emulator-wide defaults.
-    Durations are in seconds.
+    Durations are in seconds. ``rules`` (subscriptions only): ``None`` gives the ``$Default``
+    rule (TrueFilter); a tuple gives exactly those rules. ``forward_to`` and
+    ``forward_dead_lettered_messages_to`` name a queue or topic of the same namespace.
     """
 
     name: str
@@ -31,6 +35,11 @@ class EntityConfig:
     max_delivery_count: int | None = None
     default_message_ttl: float | None = None
     dead_lettering_on_message_expiration: bool = False
+    requires_duplicate_detection: bool = False
+    duplicate_detection_window: float = 600.0
+    forward_to: str | None = None
+    forward_dead_lettered_messages_to: str | None = None
+    rules: tuple[Rule, ...] | None = None
 
     @property
     def path(self) -> str:
@@ -113,8 +122,10 @@ def load_config(path: str | os.PathLike[str]) -> list[EntityConfig]:
     Queues, topics and their subscriptions of every namespace are returned, topics before their
     subscriptions. Mapped properties: ``RequiresSession``, ``LockDuration``,
     ``MaxDeliveryCount``, ``DefaultMessageTimeToLive`` (a subscription without one inherits its
-    topic's) and ``DeadLetteringOnMessageExpiration``. Duplicate detection, forwarding and
-    subscription rules are not modelled: they are ignored with a logged warning.
+    topic's), ``DeadLetteringOnMessageExpiration``, ``RequiresDuplicateDetection`` with
+    ``DuplicateDetectionHistoryTimeWindow``, ``ForwardTo``, ``ForwardDeadLetteredMessagesTo``
+    and subscription ``Rules`` (``FilterType`` ``Sql`` or ``Correlation``, optional
+    ``Action``); a malformed filter is a ``ConfigError``.
 
     Raises ``ConfigError`` (a ``ValueError``) naming the file and the offending key.
     """
@@ -205,13 +216,6 @@ class _ConfigReader:
                 _LOGGER.warning(
                     "%s: %s.Properties.%s is unknown; ignored", self._source, where, key
                 )
-        if props.get("RequiresDuplicateDetection"):
-            _LOGGER.warning(
-                "%s: %s: duplicate detection is not emulated; ignored", self._source, where
-            )
-        for key in ("ForwardTo", "ForwardDeadLetteredMessagesTo"):
-            if props.get(key):
-                _LOGGER.warning("%s: %s: %s is not emulated; ignored", self._source, where, key)
         return props
 
     def _bool(self, props: dict[str, Any], key: str, where: str) -> bool:
@@ -242,9 +246,76 @@ class _ConfigReader:
             )
         return value
 
+    def _forwarding(self, props: dict[str, Any], where: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, field_name in (("ForwardTo", "forward_to"),
+                                ("ForwardDeadLetteredMessagesTo",
+                                 "forward_dead_lettered_messages_to")):
+            value = props.get(key)
+            if value is None or value == "":
+                continue
+            if not isinstance(value, str):
+                raise self._error(f"{where}.Properties.{key}", f"expected a string, got {value!r}")
+            out[field_name] = value
+        return out
+
+    def _duplicates(self, props: dict[str, Any], where: str) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "requires_duplicate_detection": self._bool(props, "RequiresDuplicateDetection", where)
+        }
+        window = self._duration(props, "DuplicateDetectionHistoryTimeWindow", where)
+        if window is not None:
+            out["duplicate_detection_window"] = window
+        return out
+
+    def _rules(self, raw: Any, where: str) -> tuple[Rule, ...] | None:
+        items = self._list(raw, where)
+        if raw is None:
+            return None
+        rules = []
+        seen: set[str] = set()
+        for r, raw_rule in enumerate(items):
+            rwhere = f"{where}[{r}]"
+            item = self._object(raw_rule, rwhere)
+            name = self._name(item, rwhere)
+            if name.lower() in seen:
+                raise self._error(f"{rwhere}.Name", f"duplicate rule {name!r}")
+            seen.add(name.lower())
+            props = self._object(item.get("Properties") or {}, f"{rwhere}.Properties")
+            kind = props.get("FilterType", "Sql")
+            action = self._object(props.get("Action") or {}, f"{rwhere}.Properties.Action")
+            action_sql = action.get("SqlExpression")
+            try:
+                if kind == "Sql":
+                    sql = self._object(props.get("SqlFilter") or {},
+                                       f"{rwhere}.Properties.SqlFilter").get("SqlExpression")
+                    # a rule without a filter selects everything, as a RuleDescription does
+                    rules.append(Rule(name, "sql" if sql is not None else "true", sql=sql,
+                                      action=action_sql))
+                elif kind == "Correlation":
+                    corr = self._object(props.get("CorrelationFilter") or {},
+                                        f"{rwhere}.Properties.CorrelationFilter")
+                    rules.append(Rule(name, "correlation", correlation=CorrelationFilter(
+                        correlation_id=corr.get("CorrelationId"),
+                        message_id=corr.get("MessageId"), to=corr.get("To"),
+                        reply_to=corr.get("ReplyTo"), subject=corr.get("Label"),
+                        session_id=corr.get("SessionId"),
+                        reply_to_session_id=corr.get("ReplyToSessionId"),
+                        content_type=corr.get("ContentType"),
+                        properties=dict(self._object(corr.get("Properties") or {},
+                                                     f"{rwhere}.CorrelationFilter.Properties")),
+                    ), action=action_sql))
+                else:
+                    raise self._error(f"{rwhere}.Properties.FilterType",
+                                      f"expected 'Sql' or 'Correlation', got {kind!r}")
+            except SqlError as exc:
+                raise self._error(rwhere, str(exc)) from None
+        return tuple(rules)
+
     def _receiving_settings(self, props: dict[str, Any], where: str) -> dict[str, Any]:
         """Settings shared by queues and subscriptions (the entities one receives from)."""
         return {
+            **self._forwarding(props, where),
             "requires_session": self._bool(props, "RequiresSession", where),
             "lock_duration": self._duration(props, "LockDuration", where),
             "max_delivery_count": self._count(props, "MaxDeliveryCount", where),
@@ -258,14 +329,16 @@ class _ConfigReader:
         item = self._object(raw, where)
         name = self._name(item, where)
         props = self._properties(item, where, _QUEUE_PROPERTIES)
-        return EntityConfig(name=name, kind="queue", **self._receiving_settings(props, where))
+        return EntityConfig(name=name, kind="queue", **self._receiving_settings(props, where),
+                            **self._duplicates(props, where))
 
     def _topic(self, raw: Any, where: str) -> list[EntityConfig]:
         item = self._object(raw, where)
         name = self._name(item, where)
         props = self._properties(item, where, _TOPIC_PROPERTIES)
         topic_ttl = self._duration(props, "DefaultMessageTimeToLive", where)
-        entities = [EntityConfig(name=name, kind="topic", default_message_ttl=topic_ttl)]
+        entities = [EntityConfig(name=name, kind="topic", default_message_ttl=topic_ttl,
+                                 **self._duplicates(props, where))]
         for s, raw_sub in enumerate(
             self._list(item.get("Subscriptions"), f"{where}.Subscriptions")
         ):
@@ -277,14 +350,10 @@ class _ConfigReader:
             )
             if settings["default_message_ttl"] is None:
                 settings["default_message_ttl"] = topic_ttl
-            if self._list(sub.get("Rules"), f"{sub_where}.Rules"):
-                _LOGGER.warning(
-                    "%s: %s: subscription rules are not emulated; every message is delivered",
-                    self._source,
-                    sub_where,
-                )
+            rules = self._rules(sub.get("Rules"), f"{sub_where}.Rules")
             entities.append(
-                EntityConfig(name=sub_name, kind="subscription", topic=name, **settings)
+                EntityConfig(name=sub_name, kind="subscription", topic=name, rules=rules,
+                             **settings)
             )
         return entities
 

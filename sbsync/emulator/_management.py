@@ -6,11 +6,12 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from proton import UNDESCRIBED, Array, Data, Message, int32, symbol, timestamp
+from proton import UNDESCRIBED, Array, Data, Described, Message, int32, symbol, timestamp, ulong
 
 from . import _codec as codec
 from ._broker import Entity
-from ._records import ARGUMENT_ERROR, SERVER_BUSY, BrokerError, Session
+from ._records import ARGUMENT_ERROR, NOT_ALLOWED, NOT_FOUND, SERVER_BUSY, BrokerError, Session
+from ._rules import CorrelationFilter, Rule, SqlError
 from ._wire import now_ms
 
 if TYPE_CHECKING:
@@ -22,6 +23,16 @@ _VENDOR = "com.microsoft:"
 _YEAR_10000_MS = 253402300800000  # the SDK's "all sessions" sentinel is at or beyond this
 
 Reply = tuple[int, str, Any, Optional[str]]  # status, description, body, error condition
+
+# described-type codes of enumerate-rules results (as other SDKs' rule managers read them)
+_RULE_DESCRIPTION = ulong(0x13700000004)
+_SQL_FILTER = ulong(0x1370000006)
+_TRUE_FILTER = ulong(0x1370000007)
+_FALSE_FILTER = ulong(0x1370000008)
+_CORRELATION_FILTER = ulong(0x1370000009)
+_EMPTY_ACTION = ulong(0x13700000005)
+_SQL_ACTION = ulong(0x13700000006)
+_ENTITY_EXISTS = "com.microsoft:entity-already-exists"
 
 
 def _array(type_code: int, items: list[Any]) -> Array:
@@ -72,6 +83,9 @@ class Management:
             "set-session-state": self._set_state,
             "renew-session-lock": self._renew_session,
             "get-message-sessions": self._list_sessions,
+            "add-rule": self._add_rule,
+            "remove-rule": self._remove_rule,
+            "enumerate-rules": self._enumerate_rules,
         }
 
     def handle(self, link: Any, data: bytes) -> None:
@@ -249,3 +263,89 @@ class Management:
             return 204, "No sessions", None, None
         return 200, "OK", {"skip": int32(skip + len(ids)),
                            "sessions-ids": _array(Data.STRING, ids)}, None
+
+    # ------------------------------------------------------------ subscription rules
+
+    @staticmethod
+    def _subscription(entity: Entity) -> Entity:
+        if entity.kind != "subscription":
+            raise BrokerError(NOT_ALLOWED, f"{entity.path} is not a subscription; rules "
+                              "belong to subscriptions.", 400)
+        return entity
+
+    def _add_rule(self, entity: Entity, body: dict[str, Any], holders: set[Any],
+                  owner: Consumer | None) -> Reply:
+        sub = self._subscription(entity)
+        name = _str(body.get("rule-name"))
+        raw = body.get("rule-description")
+        if not name or not isinstance(raw, dict):
+            raise BrokerError(ARGUMENT_ERROR, "add-rule needs rule-name and rule-description.")
+        desc = {_key(k): v for k, v in raw.items()}
+        if any(r.name.lower() == name.lower() for r in sub.rules):
+            raise BrokerError(_ENTITY_EXISTS, f"The rule '{name}' already exists.", 409)
+        action = _field(desc.get("sql-rule-action"), "expression")
+        try:
+            if desc.get("correlation-filter") is not None:
+                c = {_key(k): v for k, v in dict(desc["correlation-filter"]).items()}
+                props = c.get("properties") or {}
+                rule = Rule(name, "correlation", action=action, correlation=CorrelationFilter(
+                    correlation_id=_str(c.get("correlation-id")),
+                    message_id=_str(c.get("message-id")), to=_str(c.get("to")),
+                    reply_to=_str(c.get("reply-to")), subject=_str(c.get("label")),
+                    session_id=_str(c.get("session-id")),
+                    reply_to_session_id=_str(c.get("reply-to-session-id")),
+                    content_type=_str(c.get("content-type")),
+                    properties={_key(k): v for k, v in dict(props).items()}))
+            else:
+                sql = _field(desc.get("sql-filter"), "expression")
+                kind = {"1=1": "true", "1=0": "false"}.get((sql or "").replace(" ", ""), "sql")
+                rule = Rule(name, kind, sql=sql, action=action)
+        except SqlError as exc:
+            raise BrokerError(ARGUMENT_ERROR, f"The rule '{name}' is invalid: {exc}") from None
+        sub.rules.append(rule)
+        sub.rules_changed()
+        return 200, "OK", {}, None
+
+    def _remove_rule(self, entity: Entity, body: dict[str, Any], holders: set[Any],
+                     owner: Consumer | None) -> Reply:
+        sub = self._subscription(entity)
+        name = _str(body.get("rule-name")) or ""
+        for i, rule in enumerate(sub.rules):
+            if rule.name.lower() == name.lower():
+                del sub.rules[i]
+                sub.rules_changed()
+                return 200, "OK", {}, None
+        raise BrokerError(NOT_FOUND, f"The messaging entity '{entity.path}/Rules/{name}' "
+                          "could not be found.", 404)
+
+    def _enumerate_rules(self, entity: Entity, body: dict[str, Any], holders: set[Any],
+                         owner: Consumer | None) -> Reply:
+        sub = self._subscription(entity)
+        skip = int(body.get("skip") or 0)
+        top = int(body.get("top") or 2**31 - 1)
+        rules = sub.rules[skip: skip + top]
+        if not rules:
+            return 204, "No rules", None, None
+        return 200, "OK", {"rules": [{"rule-description": _described(r)} for r in rules]}, None
+
+
+
+def _field(value: Any, key: str) -> str | None:
+    if isinstance(value, dict):
+        return _str({_key(k): v for k, v in value.items()}.get(key))
+    return None
+
+
+def _described(rule: Rule) -> Described:
+    if rule.kind == "correlation" and rule.correlation is not None:
+        c = rule.correlation
+        props: Any = dict(c.properties)
+        flt = Described(_CORRELATION_FILTER, [
+            c.correlation_id, c.message_id, c.to, c.reply_to, c.subject, c.session_id,
+            c.reply_to_session_id, c.content_type, props])
+    else:
+        code = {"true": _TRUE_FILTER, "false": _FALSE_FILTER}.get(rule.kind, _SQL_FILTER)
+        flt = Described(code, [rule.sql_text, int32(20)])
+    action = Described(_SQL_ACTION, [rule.action, int32(20)]) if rule.action \
+        else Described(_EMPTY_ACTION, [])
+    return Described(_RULE_DESCRIPTION, [flt, action, rule.name, timestamp(rule.created_ms)])

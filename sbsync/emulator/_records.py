@@ -61,7 +61,7 @@ class StoredMessage:
     """One message held by an entity: the bare message as sent plus broker state."""
 
     __slots__ = ("annotations", "app_end", "app_start", "bare", "delivery_count", "durable",
-                 "enqueued_ms", "expires_ms", "holder", "lock_token", "locked_until_ms",
+                 "enqueued_ms", "expires_ms", "holder", "hops", "lock_token", "locked_until_ms",
                  "priority", "seq", "session_id", "state", "ttl_ms")
 
     def __init__(self, parsed: codec.ParsedMessage, seq: int, now_ms: int) -> None:
@@ -74,6 +74,7 @@ class StoredMessage:
         self.app_start = parsed.app_start
         self.app_end = parsed.app_end
         self.session_id = parsed.group_id
+        self.hops = parsed.hops
         self.enqueued_ms = now_ms
         self.expires_ms: int | None = None
         self.state = ACTIVE
@@ -81,6 +82,17 @@ class StoredMessage:
         self.lock_token: uuid.UUID | None = None
         self.locked_until_ms = 0
         self.holder: Any = None
+
+    def to_parsed(self) -> codec.ParsedMessage:
+        """The message as a sender would hand it over (for auto-forwarding)."""
+        p = codec.ParsedMessage()
+        p.durable, p.priority, p.ttl_ms = self.durable, self.priority, self.ttl_ms
+        p.annotations = self.annotations
+        p.bare, p.app_start, p.app_end = self.bare, self.app_start, self.app_end
+        p.group_id = self.session_id
+        p.has_id = True  # it was given one on the way in
+        p.hops = self.hops
+        return p
 
     def annotation(self, key: str) -> Any:
         for k, raw in self.annotations:

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any, Callable, TypeVar
 
+from ._admin import AdminApi
 from ._amqp import Adapter
 from ._broker import Broker
 from ._config import EntityConfig
@@ -34,7 +35,9 @@ class Emulator:
     insist on one (the uAMQP transport's 5671). ``tls_cert``/``tls_key`` are PEM files for
     TLS; without them a development CA and a certificate for localhost, 127.0.0.1 and ::1
     are generated on first use, and ``ca_file`` is what clients trust
-    (``connection_verify=emulator.ca_file``). ``http_handler`` serves HTTP (``_http``). Entities: ``queues`` / ``session_queues`` / ``topics`` by name,
+    (``connection_verify=emulator.ca_file``). HTTP(S) requests go to ``http_handler``: the
+    administration API (``ServiceBusAdministrationClient``, ``_admin``). Entities: ``queues`` /
+    ``session_queues`` / ``topics`` by name,
     ``subscriptions`` / ``session_subscriptions`` as ``"topic/sub"``, or ``entities`` with
     full per-entity settings. ``lock_duration``, ``max_delivery_count`` and
     ``default_message_ttl`` (seconds, None = no expiry) are the defaults for entities that do
@@ -81,6 +84,10 @@ class Emulator:
         self._tls = TlsConfig(tls_cert, tls_key, host)
         self._adapter = Adapter(self._broker, self._rules, key_name, key, max_message_size,
                                 self._tls, next_session_wait)
+        # the administration API answers HTTP on the front door
+        self._adapter.http_handler = AdminApi(
+            self._broker, key_name, key, max_message_size=max_message_size,
+            on_change=self._adapter.entities_deleted)
         self.faults = Faults(self._call, lambda: self._adapter, self._rules)
         self._thread: threading.Thread | None = None
         self._loop: Loop | None = None

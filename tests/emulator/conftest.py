@@ -29,6 +29,10 @@ from urllib.parse import quote_plus
 import pytest
 from azure.servicebus import ServiceBusClient, ServiceBusReceivedMessage, TransportType
 from azure.servicebus.aio import ServiceBusClient as AsyncServiceBusClient
+from azure.servicebus.aio.management import (
+    ServiceBusAdministrationClient as AsyncServiceBusAdministrationClient,
+)
+from azure.servicebus.management import ServiceBusAdministrationClient
 
 from sbsync.emulator import DEFAULT_KEY, DEFAULT_KEY_NAME, Emulator, EntityConfig
 
@@ -119,6 +123,21 @@ class Sdk:
         else:
             client = Blocking(
                 AsyncServiceBusClient.from_connection_string(conn_str, **kwargs), self.loop
+            )
+        self._clients.append(client)
+        return client
+
+    def admin(self, emulator: Emulator, conn_str: str | None = None, **kwargs: Any) -> Any:
+        """A ``ServiceBusAdministrationClient`` (sync, or aio behind ``Blocking``): HTTPS to
+        the emulator's own port, trusting its development CA."""
+        conn_str = conn_str or emulator.connection_string
+        kwargs.setdefault("connection_verify", emulator.ca_file)
+        if self.loop is None:
+            client: Any = ServiceBusAdministrationClient.from_connection_string(conn_str, **kwargs)
+        else:
+            client = Blocking(
+                AsyncServiceBusAdministrationClient.from_connection_string(conn_str, **kwargs),
+                self.loop,
             )
         self._clients.append(client)
         return client

@@ -110,6 +110,7 @@ def test_load_sample(tmp_path: Path) -> None:
             lock_duration=60.0,
             max_delivery_count=3,
             default_message_ttl=3600.0,
+            duplicate_detection_window=20.0,
         ),
         EntityConfig(name="orders", kind="queue", requires_session=True),
         EntityConfig(name="bare", kind="queue"),
@@ -257,7 +258,22 @@ def test_malformed_documents(document: Any, message: str) -> None:
     assert isinstance(info.value, ValueError)
 
 
-def test_unsupported_settings_warn(caplog: pytest.LogCaptureFixture) -> None:
+def test_unknown_settings_warn(caplog: pytest.LogCaptureFixture) -> None:
+    document = {
+        "UserConfig": {
+            "Namespaces": [
+                {"Queues": [{"Name": "q", "Properties": {"RequireSession": True}}]}
+            ]
+        }
+    }
+    with caplog.at_level(logging.WARNING, logger="sbsync.emulator._config"):
+        entities = parse_config(document, source="cfg.json")
+    assert [e.path for e in entities] == ["q"]
+    assert not entities[0].requires_session  # the misspelt key is not guessed at
+    assert "Properties.RequireSession is unknown" in caplog.text
+
+
+def test_forwarding_duplicates_and_rules_are_read() -> None:
     document = {
         "UserConfig": {
             "Namespaces": [
@@ -267,8 +283,9 @@ def test_unsupported_settings_warn(caplog: pytest.LogCaptureFixture) -> None:
                             "Name": "q",
                             "Properties": {
                                 "ForwardTo": "other",
+                                "ForwardDeadLetteredMessagesTo": "",
                                 "RequiresDuplicateDetection": True,
-                                "RequireSession": True,
+                                "DuplicateDetectionHistoryTimeWindow": "PT20S",
                             },
                         }
                     ],
@@ -276,7 +293,31 @@ def test_unsupported_settings_warn(caplog: pytest.LogCaptureFixture) -> None:
                         {
                             "Name": "t",
                             "Subscriptions": [
-                                {"Name": "s", "Rules": [{"Name": "r", "Properties": {}}]}
+                                {"Name": "plain"},
+                                {
+                                    "Name": "s",
+                                    "Rules": [
+                                        {"Name": "everything", "Properties": {}},
+                                        {
+                                            "Name": "sql-filter-1",
+                                            "Properties": {
+                                                "FilterType": "Sql",
+                                                "SqlFilter": {"SqlExpression": "a = 1"},
+                                                "Action": {"SqlExpression": "SET b = 2"},
+                                            },
+                                        },
+                                        {
+                                            "Name": "corr",
+                                            "Properties": {
+                                                "FilterType": "Correlation",
+                                                "CorrelationFilter": {
+                                                    "Label": "subject1",
+                                                    "Properties": {"prop3": "value3"},
+                                                },
+                                            },
+                                        },
+                                    ],
+                                },
                             ],
                         }
                     ],
@@ -284,12 +325,45 @@ def test_unsupported_settings_warn(caplog: pytest.LogCaptureFixture) -> None:
             ]
         }
     }
-    with caplog.at_level(logging.WARNING, logger="sbsync.emulator._config"):
-        entities = parse_config(document, source="cfg.json")
-    assert [e.path for e in entities] == ["q", "t", "t/Subscriptions/s"]
-    assert not entities[0].requires_session  # the misspelt key is not guessed at
-    text = caplog.text
-    assert "ForwardTo is not emulated" in text
-    assert "duplicate detection is not emulated" in text
-    assert "Properties.RequireSession is unknown" in text
-    assert "subscription rules are not emulated" in text
+    q, _, plain, sub = parse_config(document, source="cfg.json")
+    assert q.forward_to == "other" and q.forward_dead_lettered_messages_to is None
+    assert q.requires_duplicate_detection and q.duplicate_detection_window == 20
+    assert plain.rules is None  # the $Default rule
+    assert sub.rules is not None
+    everything, sql, corr = sub.rules
+    assert everything.kind == "true"
+    assert (sql.kind, sql.sql, sql.action) == ("sql", "a = 1", "SET b = 2")
+    assert corr.correlation is not None and corr.correlation.subject == "subject1"
+    assert dict(corr.correlation.properties) == {"prop3": "value3"}
+
+
+def test_malformed_rule_is_a_config_error() -> None:
+    document = {
+        "UserConfig": {
+            "Namespaces": [
+                {
+                    "Topics": [
+                        {
+                            "Name": "t",
+                            "Subscriptions": [
+                                {
+                                    "Name": "s",
+                                    "Rules": [
+                                        {
+                                            "Name": "bad",
+                                            "Properties": {
+                                                "FilterType": "Sql",
+                                                "SqlFilter": {"SqlExpression": "a = = 1"},
+                                            },
+                                        }
+                                    ],
+                                }
+                            ],
+                        }
+                    ]
+                }
+            ]
+        }
+    }
+    with pytest.raises(ConfigError, match=r"cfg.json: .*Rules\[0\]"):
+        parse_config(document, source="cfg.json")

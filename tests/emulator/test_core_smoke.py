@@ -173,3 +173,17 @@ def test_batch_size_follows_max_message_size() -> None:
             ServiceBusClient.from_connection_string(emu.connection_string) as c, \
             c.get_queue_sender("q") as sender:
         assert sender.create_message_batch().max_size_in_bytes == 64 * 1024
+
+
+def test_codec_decodes_strings_and_refuses_bad_ones() -> None:
+    from proton import Message
+
+    from sbsync.emulator._codec import CodecError, decode, parse_message
+
+    parsed = parse_message(Message(properties={"région": "eu", "n": 7, "long": "x" * 300},
+                                   body=b"").encode())
+    props, _ = decode(parsed.bare, parsed.app_start + 3)
+    assert props == {"région": "eu", "n": 7, "long": "x" * 300}
+    for bad in (b"\xa1\x05ab", b"\xa1\x02\xff\xfe", b"\xa1"):
+        with pytest.raises(CodecError):
+            decode(bad)

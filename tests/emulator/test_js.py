@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.servicebus.management import ServiceBusAdministrationClient
 
-from sbsync.emulator import Emulator
+from sbsync.emulator import Emulator, EntityConfig
 
-from .conftest import new_queue
+from .conftest import new_queue, unique
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -109,3 +110,28 @@ def test_sessions(servicebus_emulator: Emulator, js_sdk: Path) -> None:
     # the SDK names its own wait (com.microsoft:timeout) and gets the service's error
     assert seen["none"]["code"] == "ServiceTimeout"
     assert seen["noneSeconds"] < 15
+
+
+def test_rules_through_the_rule_manager(js_sdk: Path, servicebus_emulator: Emulator) -> None:
+    """The JS SDK's rule manager uses the AMQP operations add-rule, remove-rule and
+    enumerate-rules (the Python SDK has none); refusals map to its error codes."""
+    topic = unique("t")
+    servicebus_emulator.create_entity(EntityConfig(name=topic, kind="topic"))
+    servicebus_emulator.create_entity(EntityConfig(name="s", kind="subscription", topic=topic))
+    out = _run(js_sdk, servicebus_emulator.connection_string, "rules", f"{topic}/s")
+    assert out["initial"] == ["$Default"]
+    assert out["bad"]["code"] == "GeneralError"  # com.microsoft:argument-error, 400
+    assert "invalid" in out["bad"]["message"]
+    assert out["dup"]["code"] == "MessagingEntityAlreadyExists"
+    assert out["missing"]["code"] == "MessagingEntityNotFound"
+    red, corr = out["rules"]
+    assert red == {"name": "red", "filter": {"sqlExpression": "color = 'red'"},
+                   "action": {"sqlExpression": "SET seen = 1"}}
+    assert corr["name"] == "corr" and corr["action"] == {}
+    assert corr["filter"]["correlationId"] == "c1"
+    assert corr["filter"]["applicationProperties"] == {"k": "v"}
+    # the rules the JS SDK made are the ones the administration API shows
+    with ServiceBusAdministrationClient.from_connection_string(
+            servicebus_emulator.connection_string,
+            connection_verify=servicebus_emulator.ca_file) as admin:
+        assert [r.name for r in admin.list_rules(topic, "s")] == ["red", "corr"]

@@ -35,7 +35,31 @@ async function errorOf(promise) {
   return null;
 }
 
+async function listRules(manager) {
+  const rules = [];
+  for await (const rule of manager.listRules()) rules.push(rule);
+  return rules;
+}
+
 const scenarios = {
+  // subscription rules through the rule manager (AMQP add-rule, remove-rule, enumerate-rules);
+  // ENTITY is TOPIC/SUBSCRIPTION
+  async rules(client, entity) {
+    const [topic, subscription] = entity.split("/");
+    const manager = client.createRuleManager(topic, subscription);
+    const initial = (await listRules(manager)).map((r) => r.name);
+    await manager.createRule("red", { sqlExpression: "color = 'red'" },
+                             { sqlExpression: "SET seen = 1" });
+    await manager.createRule("corr", { correlationId: "c1", applicationProperties: { k: "v" } });
+    const bad = await errorOf(manager.createRule("bad", { sqlExpression: "color = = 1" }));
+    const dup = await errorOf(manager.createRule("red", { sqlExpression: "1=1" }));
+    await manager.deleteRule("$Default");
+    const missing = await errorOf(manager.deleteRule("nope"));
+    const rules = (await listRules(manager)).map((r) => ({
+      name: r.name, filter: r.filter, action: r.action }));
+    return { initial, bad, dup, missing, rules };
+  },
+
   // complete, abandon, defer, dead-letter; lock renewal; the dead-letter queue
   async settlement(client, queue) {
     const sender = client.createSender(queue);
