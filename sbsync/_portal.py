@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import concurrent.futures
 import contextvars
 import itertools
@@ -178,6 +179,8 @@ class Portal:
         self._thread_id: int | None = None
         self._accepting = False
         self._pending: set[_Call] = set()
+        self._inbox: collections.deque[_Call] = collections.deque()
+        self._wake_sent = False
         self._lock = threading.Lock()
         _PORTALS.add(self)
 
@@ -230,16 +233,23 @@ class Portal:
         self._schedule(loop, call)
         return future
 
-    def _call(self, factory: Callable[[], Awaitable[T]], timeout: float | None) -> T:
-        if self._thread_id is not None and threading.get_ident() == self._thread_id:
-            raise LoopThreadError(
-                "A blocking sbsync call was made from sbsync's own event-loop thread; it would "
-                "wait for itself forever. Make blocking calls from your own threads."
-            )
-        loop = self._ensure_loop()
+    def post(self, factory: Callable[[], Awaitable[T]]) -> _Call:
+        """Schedule ``factory()`` on the loop without waiting; :meth:`join` waits for it.
+
+        Lighter than :meth:`submit` (no ``concurrent.futures.Future``): for a caller that
+        hands work to the loop now and collects its outcome on a later call.
+        """
+        if self._closed:
+            freeze_if_exiting()
+            raise closed_error("client")
         call = _Call(factory, self._pending)
-        self._schedule(loop, call)
-        timed_out = self._wait(loop, call, timeout)
+        self._schedule(self._ensure_loop(), call)
+        return call
+
+    def join(self, call: _Call, timeout: float | None = None) -> Any:
+        """Block until a :meth:`post`-ed ``call`` finishes; return or raise its outcome (as
+        :meth:`call` does, timeout and KeyboardInterrupt included). Once per call."""
+        timed_out = self._wait(call, timeout)
         error = call.error
         if error is None:
             return call.result
@@ -254,6 +264,16 @@ class Portal:
             error = None
             call.error = None
 
+    def _call(self, factory: Callable[[], Awaitable[T]], timeout: float | None) -> T:
+        if self._thread_id is not None and threading.get_ident() == self._thread_id:
+            raise LoopThreadError(
+                "A blocking sbsync call was made from sbsync's own event-loop thread; it would "
+                "wait for itself forever. Make blocking calls from your own threads."
+            )
+        call = _Call(factory, self._pending)
+        self._schedule(self._ensure_loop(), call)
+        return self.join(call, timeout)
+
     def _schedule(self, loop: asyncio.AbstractEventLoop, call: _Call) -> None:
         # Register before checking `_accepting`: the loop thread clears it before sweeping
         # `_pending`, so either the sweep finishes this call or we see the flag.
@@ -261,15 +281,29 @@ class Portal:
         try:
             if not self._accepting:
                 raise closed_error("client")
-            loop.call_soon_threadsafe(call.start, loop)
+            self._inbox.append(call)
+            # One wake-up per batch: callers arriving before the loop has emptied the inbox
+            # ride on the wake-up already on its way (the loop clears the flag *before* it
+            # empties the inbox, and callers append *before* they read it).
+            if not self._wake_sent:
+                self._wake_sent = True
+                loop.call_soon_threadsafe(self._start_inbox, loop)
         except RuntimeError as exc:  # the loop closed under us
+            self._wake_sent = False
             self._pending.discard(call)
             raise closed_error("client") from exc
         except BaseException:
             self._pending.discard(call)
             raise
 
-    def _wait(self, loop: asyncio.AbstractEventLoop, call: _Call, timeout: float | None) -> bool:
+    def _start_inbox(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Loop thread: start every call posted since the last wake-up, in order."""
+        self._wake_sent = False
+        inbox = self._inbox
+        while inbox:
+            inbox.popleft().start(loop)
+
+    def _wait(self, call: _Call, timeout: float | None) -> bool:
         """Block until ``call`` finishes; return True if it was cancelled for the timeout."""
         try:
             if timeout is None:
@@ -427,6 +461,8 @@ class Portal:
         self._thread_id = None
         self._accepting = False
         self._pending = set()
+        self._inbox = collections.deque()
+        self._wake_sent = False
         self._lock = threading.Lock()
         self.generation += 1
 

@@ -17,9 +17,17 @@ from azure.servicebus.exceptions import (
     SessionLockLostError,
 )
 
-from ._handle import Handle, check_count, check_sequence_numbers, check_timeout, check_type
+from ._handle import (
+    Handle,
+    check_count,
+    check_sequence_numbers,
+    check_timeout,
+    check_type,
+)
 from ._renewer import raise_if_lock_lost
 from ._retry import RetryPolicy
+from ._sdk import settlement_pause_installed, settles_on_current_link
+from ._settlement import Settlements
 from .exceptions import ClientClosedError
 from .session import ServiceBusSession
 
@@ -104,6 +112,7 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
         # Loop thread: settlements in flight, and the socket timeouts they lowered (_settling).
         self._settling_count = 0
         self._saved_timeouts: tuple[Any, float, Any, float] | None = None
+        self._settlements = Settlements(client._portal)
 
     def __repr__(self) -> str:
         closed = " closed" if self._is_closed() else ""
@@ -266,9 +275,26 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
         fn: Callable[[AsyncServiceBusReceiver], Awaitable[None]],
         timeout: float | None,
     ) -> None:
+        """Settle ``message``. On the receive link, without a ``timeout``, and when the SDK
+        would not refuse the call, this returns once the disposition frame is written; the
+        broker's verdict is raised by this thread's next call on the receiver (the guarantee
+        is spelled out in :mod:`sbsync._settlement`). Otherwise it returns once the broker's
+        verdict is in, as the sync SDK does.
+        """
         lane = _settle_lane(message)
         if lane is not None:  # a deferred message: settled by a management request
             self._run(operation, fn, timeout=timeout, lane=lane)
+        elif (
+            timeout is None
+            and not self._is_closed()
+            and settles_on_current_link(self._peek(), message)
+            and settlement_pause_installed()
+        ):
+            self._settlements.send(
+                operation,
+                message.sequence_number,
+                lambda: self._attempts(operation, lambda r: self._settling(r, fn), None, None),
+            )
         else:
             self._run(operation, lambda r: self._settling(r, fn), timeout=timeout, lane=None)
 
@@ -300,6 +326,28 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
                 current = getattr(saved_handler, "_connection", None)
                 if current is not None:
                     current._socket_timeout = connection_timeout
+
+    # -- every call collects this thread's settlement verdicts first ---------------------------
+
+    def _run(self, operation: str, fn: Callable[[AsyncServiceBusReceiver], Awaitable[Any]], **kwargs: Any) -> Any:
+        self._settlements.collect()
+        return super()._run(operation, fn, **kwargs)
+
+    def close(self) -> None:
+        """Close the receiver (see the class docstring). A settlement this thread made just
+        before whose verdict failed is raised here, after the close has begun."""
+        try:
+            self._settlements.collect()
+        except BaseException:
+            super().close()
+            raise
+        super().close()
+
+    async def _aclose(self) -> None:
+        # Settlements in flight finish before the link detaches (their callers were told
+        # they went out); a failure no caller has collected yet is logged.
+        await self._settlements.aclose()
+        await super()._aclose()
 
     # -- what a lost connection takes with it ----------------------------------------------------
 
