@@ -22,7 +22,7 @@ from typing import Any
 
 from azure.servicebus import ServiceBusMessage
 
-from ._batch_fill import fill
+from ._sdk import fill_batch
 
 __all__ = ["SendGroup", "groupable"]
 
@@ -172,7 +172,7 @@ class SendGroup:
                 return [], None
             head = self._queue[0]
             candidates = [entry for entry in self._queue if entry.key == head.key]
-            added = fill(batch, [entry.message for entry in candidates]) if len(candidates) > 1 else 0
+            added = fill_batch(batch, [entry.message for entry in candidates]) if len(candidates) > 1 else 0
             if added > 1:
                 taken = candidates[:added]
                 gone = {id(entry) for entry in taken}

@@ -16,11 +16,11 @@ import time
 from collections.abc import Awaitable
 from typing import Any, Callable, Generic, Protocol, TypeVar
 
-from azure.servicebus.exceptions import ServiceBusAuthenticationError
+from azure.servicebus.exceptions import ServiceBusError
 
-from ._link_hooks import instrument
 from ._portal import Portal, PortalFuture, freeze_if_exiting
 from ._retry import RetryPolicy, is_idempotent, run_with_retry
+from ._sdk import instrument, link_running, map_sdk_errors
 from .exceptions import ClientClosedError, closed_error
 
 __all__ = ["CLOSE_TIMEOUT", "Handle", "check_count", "check_sequence_numbers", "check_timeout", "check_type"]
@@ -77,23 +77,6 @@ class LinkOwner(Protocol):
     def _untrack(self, sdk: Any) -> bool: ...
 
     def _wait_on_close(self, release: asyncio.Future[None]) -> None: ...
-
-
-#: The SDK's text for an error it could not describe (its CBS mapping drops the broker's
-#: "401 Unauthorized" description, so a wrong key reads like this).
-_GENERIC_SDK_MESSAGE = "Service Bus has encountered an error."
-
-
-def explain_auth_error(exc: ServiceBusAuthenticationError, entity: str) -> ServiceBusAuthenticationError:
-    """The same error with a message that says what to check, when the SDK's says nothing."""
-    if not str(exc).startswith(_GENERIC_SDK_MESSAGE):
-        return exc
-    explained = ServiceBusAuthenticationError(
-        message=f"Authentication failed for {entity!r}: check SharedAccessKeyName/SharedAccessKey in the "
-        f"connection string (or the credential), and that it grants access to {entity!r}. ({exc})",
-        error=exc,
-    )
-    return explained
 
 
 class Handle(Generic[SdkT]):
@@ -196,15 +179,11 @@ class Handle(Generic[SdkT]):
     async def _attempts(
         self, operation: str, fn: Callable[[SdkT], Awaitable[R]], lane: str | None, policy: RetryPolicy | None
     ) -> R:
-        """Loop thread: :meth:`_invoke` under the retry policy, the one place attempts are counted."""
-        try:
+        """Loop thread: :meth:`_invoke` under the retry policy, the one place attempts are counted;
+        what the SDK raises is mapped to sbsync's errors (``_sdk.map_sdk_errors``)."""
+        subject = self._entity or getattr(self, "_namespace", None) or self._kind
+        with map_sdk_errors(subject, lambda cause: self._lost_with_link(operation, cause)):
             return await self._retried(operation, fn, lane, policy)
-        except ServiceBusAuthenticationError as exc:
-            # A wrong key stays wrong: say what to check (the SDK's own message does not).
-            explained = explain_auth_error(exc, self._entity or getattr(self, "_namespace", None) or self._kind)
-            if explained is exc:
-                raise
-            raise explained from exc
 
     async def _retried(
         self, operation: str, fn: Callable[[SdkT], Awaitable[R]], lane: str | None, policy: RetryPolicy | None
@@ -242,10 +221,15 @@ class Handle(Generic[SdkT]):
 
     def _retry_futile(self, operation: str) -> bool:
         """Whether ``operation`` cannot succeed on this SDK object any more, however often tried."""
-        return False
+        return self._lost_with_link(operation) is not None
+
+    def _lost_with_link(self, operation: str, cause: BaseException | None = None) -> ServiceBusError | None:
+        """The error ``operation`` must end with because a connection error took this handle's
+        link and a lock with it (see the receiver's); None if it may still succeed."""
+        return None
 
     async def _guarded(self, sdk: SdkT, fn: Callable[[SdkT], Awaitable[R]]) -> R:
-        if self._guard_open and not getattr(sdk, "_running", True):
+        if self._guard_open and not link_running(sdk):
             async with self._open_lock:  # type: ignore[union-attr]
                 return await fn(sdk)
         return await fn(sdk)

@@ -15,9 +15,18 @@ from concurrent.futures import Future
 from typing import Any
 
 from azure.servicebus import ServiceBusReceivedMessage
-from azure.servicebus._common.constants import MGMT_RESPONSE_MESSAGE_EXPIRATION
-from azure.servicebus._common.utils import utc_from_timestamp
 
+from ._sdk import (
+    link_running,
+    link_shut_down,
+    mark_session_lock_lost,
+    message_received_at,
+    message_settled,
+    renew_message_locks,
+    sdk_session,
+    session_lock_lost,
+    session_started,
+)
 from .receiver import ServiceBusReceiver
 from .session import ServiceBusSession
 
@@ -33,27 +42,9 @@ def _utcnow() -> datetime.datetime:
 def _receiver_state(receiver: ServiceBusReceiver) -> tuple[Any, str | None]:
     """The receiver's SDK object, and ``"quiet"`` if its owner closed it."""
     sdk = receiver._peek()
-    if receiver._is_closed() or sdk is None or sdk._shutdown.is_set():
+    if receiver._is_closed() or sdk is None or link_shut_down(sdk):
         return sdk, QUIET
     return sdk, None
-
-
-async def _renew_message_locks(
-    receiver: Any, messages: list[ServiceBusReceivedMessage]
-) -> list[datetime.datetime | None]:
-    """Loop thread: renew many message locks with one management request.
-
-    What ``renew_message_lock`` does for one message, for all of them at once: the
-    ``renew-lock`` operation takes an array of lock tokens and answers with their expiries.
-    Messages settled meanwhile are left out (None).
-    """
-    receiver._check_live()
-    live = [m for m in messages if not m._settled and m.lock_token]
-    if live:
-        response = await receiver._renew_locks(*(m.lock_token for m in live))
-        for message, expiry_ms in zip(live, response[MGMT_RESPONSE_MESSAGE_EXPIRATION]):
-            message._expiry = utc_from_timestamp(expiry_ms / 1000.0)
-    return [m._expiry if m in live else None for m in messages]
 
 
 class MessageLock:
@@ -65,15 +56,15 @@ class MessageLock:
         return self._message.locked_until_utc
 
     def started(self) -> datetime.datetime:
-        return getattr(self._message, "_received_timestamp_utc", None) or _utcnow()
+        return message_received_at(self._message) or _utcnow()
 
     def gone(self) -> str | None:
-        if self._message._settled:
+        if message_settled(self._message):
             return QUIET
         sdk, state = _receiver_state(self._receiver)
         if state is not None:
             return state
-        if not sdk._running:
+        if not link_running(sdk):
             # The SDK closes its handler after a connection error; the locks went with the link.
             return "The receiver's link was closed after a connection error; the message lock went with it."
         return None
@@ -86,7 +77,7 @@ class MessageLock:
         messages = [target._message for target in targets]
         return self._receiver._submit(
             "renew_message_lock",
-            lambda r: _renew_message_locks(r, messages),
+            lambda r: renew_message_locks(r, messages),  # one request for them all
             policy=self._receiver._retry_policy.replace(deadline=deadline),
         )
 
@@ -106,7 +97,7 @@ class SessionLock:
 
     def _sdk_session(self) -> Any:
         sdk = self._receiver._peek()
-        return None if sdk is None else sdk._session
+        return None if sdk is None else sdk_session(sdk)
 
     def locked_until(self) -> datetime.datetime | None:
         session = self._sdk_session()
@@ -114,13 +105,13 @@ class SessionLock:
 
     def started(self) -> datetime.datetime:
         session = self._sdk_session()
-        return (session and session._session_start) or _utcnow()
+        return (session and session_started(session)) or _utcnow()
 
     def gone(self) -> str | None:
         sdk, state = _receiver_state(self._receiver)
         if state is not None:
             return state
-        if sdk._session._lock_lost:
+        if session_lock_lost(sdk_session(sdk)):
             return "The session receiver's connection was lost, and the session lock with it."
         return None
 
@@ -149,7 +140,7 @@ class SessionLock:
         # SessionLockLostError(error=auto_renew_error), as after a dropped connection.
         session = self._sdk_session()
         if session is not None:
-            session._lock_lost = True
+            mark_session_lock_lost(session)
 
 
 def target_for(receiver: Any, renewable: Any) -> MessageLock | SessionLock:

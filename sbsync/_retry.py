@@ -43,6 +43,8 @@ from azure.servicebus.exceptions import (
     SessionLockLostError,
 )
 
+from ._sdk import sdk_says_retryable
+
 _log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -132,7 +134,7 @@ def _flagged_retryable(error: BaseException) -> bool:
     return (
         isinstance(error, ServiceBusError)
         and not isinstance(error, OperationTimeoutError)
-        and bool(getattr(error, "_retryable", False))
+        and sdk_says_retryable(error)
     )
 
 

@@ -16,6 +16,8 @@ import time
 from collections.abc import Hashable
 from typing import Any, Callable
 
+from ._sdk import link_reusable
+
 __all__ = ["DEFAULT_IDLE_TIMEOUT", "MAX_PARKED_PER_KEY", "WarmLinks", "check_idle_timeout", "link_key"]
 
 _LOGGER = logging.getLogger("sbsync.links")
@@ -48,11 +50,6 @@ def link_key(kind: str, name: str, *args: Any, **kwargs: Any) -> Hashable | None
     return key
 
 
-def _reusable(sdk: Any) -> bool:
-    # An SDK sender whose link is up and that nobody shut down.
-    return bool(getattr(sdk, "_running", False)) and not sdk._shutdown.is_set()
-
-
 def _describe(key: Hashable) -> str:
     return f"sender link to {key[1]!r}"  # type: ignore[index]  # as the handle's label says
 
@@ -75,7 +72,7 @@ class WarmLinks:
         parked = self._parked.get(key) if key is not None else None
         while parked:
             _, sdk = parked.pop()
-            if _reusable(sdk):
+            if link_reusable(sdk):
                 _LOGGER.debug("%s reused", _describe(key))
                 return sdk
             self._close(sdk)  # broken while parked: release what is left of it
@@ -83,7 +80,7 @@ class WarmLinks:
 
     def park(self, key: Hashable | None, sdk: Any) -> bool:
         """Keep ``sdk`` for reuse; False if it cannot be (the caller closes it then)."""
-        if key is None or self._idle_timeout == 0 or not _reusable(sdk):
+        if key is None or self._idle_timeout == 0 or not link_reusable(sdk):
             return False
         parked = self._parked.setdefault(key, [])
         if len(parked) >= MAX_PARKED_PER_KEY:

@@ -22,9 +22,12 @@ from azure.servicebus.aio import ServiceBusSender as AsyncServiceBusSender
 
 from ._credentials import to_async_credential
 from ._handle import CLOSE_TIMEOUT, Handle, check_timeout
+from ._lifecycle import Lifecycle
 from ._portal import Portal
 from ._retry import RetryPolicy
+from ._sdk import check_hooks
 from ._warm_links import DEFAULT_IDLE_TIMEOUT, WarmLinks, check_idle_timeout, link_key
+from .exceptions import UnsupportedTransportError, closed_error
 from .receiver import ServiceBusReceiver
 from .sender import ServiceBusSender
 
@@ -42,8 +45,11 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
 
     Same constructor and methods as ``azure.servicebus.ServiceBusClient``. It owns one event
     loop on one daemon thread (``sbsync-loop-N``) that runs ``azure.servicebus.aio`` for
-    every sender and receiver it creates. ``close()`` (or ``with``) releases it all; after
-    that, every use raises ``ClientClosedError``. A process that never closes still exits.
+    every sender and receiver it creates. ``close()`` (or ``with``) releases it all: its
+    senders and receivers then raise ``ClientClosedError`` (a ``ValueError``, as the SDK's
+    shut-down handlers raise), while the client itself reopens on its next use (``with``,
+    ``get_*_sender``/``get_*_receiver``, ``list_*_sessions``), as the SDK's does. A process
+    that never closes still exits.
 
     Keyword-only extras: ``retry_deadline`` (seconds all attempts of one call may take) and
     ``sender_idle_timeout`` (seconds a closed sender's link stays open for the next sender
@@ -91,10 +97,20 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
     ) -> None:
         check_idle_timeout(sender_idle_timeout)
         self._sender_idle_timeout = sender_idle_timeout
-        super().__init__(Portal(), build)
-        self._retry_policy = policy
+        self._client_build = build
+        self._policy = policy
         self._namespace = namespace
-        self._entity = entity
+        self._entity_path = entity
+        # Guards the lifecycle: close() and a reopening use may come from different threads.
+        self._lifecycle_lock = threading.RLock()
+        self._abandon: weakref.finalize[Any, Any] | None = None
+        self._start()
+
+    def _start(self) -> None:
+        """A new loop (portal), SDK client and link bookkeeping: at construction and on reopen."""
+        super().__init__(Portal(), self._client_build)
+        self._retry_policy = self._policy
+        self._entity = self._entity_path
         self._handles: weakref.WeakSet[Handle[Any]] = weakref.WeakSet()
         self._handles_lock = threading.Lock()  # handles are made in caller threads, closed on the loop
         self._warm: WarmLinks | None = None  # loop thread only
@@ -104,8 +120,22 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         self._links: set[Any] = set()
         self._closing: set[asyncio.Future[None]] = set()
         # A client dropped without close() (and with no sender/receiver left) stops its loop.
-        weakref.finalize(self, self._portal.abandon)
+        if self._abandon is not None:
+            self._abandon.detach()  # the previous loop is stopped already
+        self._abandon = weakref.finalize(self, self._portal.abandon)
+        self._lifecycle = Lifecycle.OPEN
         self._build_now()
+
+    def _reopen_if_closed(self) -> None:
+        """Caller side: a closed client starts afresh on its next use, as the SDK's does."""
+        if self._lifecycle is Lifecycle.OPEN:
+            return
+        if self._lifecycle is Lifecycle.CLOSING:  # a use racing close() fails as a call in flight would
+            raise closed_error("client", during_call=True)
+        with self._lifecycle_lock:
+            if self._lifecycle is Lifecycle.CLOSED:
+                _LOGGER.debug("%r reopening", self)
+                self._start()
 
     @classmethod
     def from_connection_string(
@@ -150,15 +180,26 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         return self._namespace
 
     def __enter__(self) -> ServiceBusClient:
+        self._reopen_if_closed()
         return self
 
     def __exit__(self, *args: Any) -> None:
         self.close()
 
     def close(self) -> None:
-        """Close every sender and receiver, then stop the loop thread. Idempotent."""
-        self._closed = True
-        self._portal.shutdown(self._aclose_all, timeout=CLOSE_TIMEOUT)
+        """Close every sender and receiver, then stop the loop thread. Idempotent.
+
+        The client reopens on its next use; its senders and receivers stay closed.
+        """
+        with self._lifecycle_lock:
+            if self._lifecycle is Lifecycle.CLOSED:
+                return
+            self._lifecycle = Lifecycle.CLOSING
+            self._closed = True
+            try:
+                self._portal.shutdown(self._aclose_all, timeout=CLOSE_TIMEOUT)
+            finally:
+                self._lifecycle = Lifecycle.CLOSED
 
     async def _aclose_all(self) -> None:
         # Links close concurrently: the SDK's own client.close() would close them one by one.
@@ -238,6 +279,7 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
     ) -> ServiceBusSender:
         """A sender for a queue. The link opens on first use (or ``with``), or is a warm one
         a closed sender of this client left with the same arguments."""
+        self._reopen_if_closed()
         return self._sender("queue", queue_name, client_identifier, socket_timeout, kwargs)
 
     def get_topic_sender(
@@ -250,6 +292,7 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
     ) -> ServiceBusSender:
         """A sender for a topic. The link opens on first use (or ``with``), or is a warm one
         a closed sender of this client left with the same arguments."""
+        self._reopen_if_closed()
         return self._sender("topic", topic_name, client_identifier, socket_timeout, kwargs)
 
     def _sender(
@@ -292,6 +335,7 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         ``auto_lock_renewer`` gets ``register(receiver, message_or_session)`` calls for what
         this receiver locks, as the SDK does.
         """
+        self._reopen_if_closed()
         receiver = ServiceBusReceiver(
             self,
             lambda: self._sdk().get_queue_receiver(
@@ -330,6 +374,7 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         **kwargs: Any,
     ) -> ServiceBusReceiver:
         """A receiver for a topic subscription (see :meth:`get_queue_receiver`)."""
+        self._reopen_if_closed()
         receiver = ServiceBusReceiver(
             self,
             lambda: self._sdk().get_subscription_receiver(
@@ -390,6 +435,7 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
 
     def _paged(self, operation: str, start: Any, timeout: float | None) -> ItemPaged[str]:
         """A sync ``ItemPaged`` that fetches each page of the SDK's ``AsyncItemPaged`` on the loop."""
+        self._reopen_if_closed()
 
         async def open_pages(client: AsyncServiceBusClient) -> Any:
             paged: AsyncItemPaged[str] = start(client)  # argument errors surface here, as in the SDK
@@ -424,7 +470,14 @@ def _split_retry_settings(
     kwargs: dict[str, Any],
 ) -> tuple[RetryPolicy, dict[str, Any]]:
     """sbsync's retry policy, and the options for the aio client, which then makes one attempt
-    per call (sbsync's RetryPolicy owns the attempts)."""
+    per call (sbsync's RetryPolicy owns the attempts). Also where options sbsync cannot honour
+    are refused, before anything is built."""
+    if kwargs.get("uamqp_transport"):
+        raise UnsupportedTransportError(
+            "uamqp_transport=True is not supported: sbsync runs azure-servicebus on its default "
+            "pyamqp transport (uAMQP is deprecated upstream). Remove the option."
+        )
+    check_hooks()  # the installed SDK has what sbsync needs (or say what is lost, once)
     policy = RetryPolicy(
         retry_total=retry_total,
         retry_backoff_factor=retry_backoff_factor,

@@ -9,6 +9,11 @@ Its own errors subclass the builtin the SDK uses for the same situation:
   handler, so code that catches that keeps working.
 - :class:`LoopThreadError` (a ``RuntimeError``): a blocking call was made from sbsync's own
   event-loop thread (it would wait for itself forever), or that thread is gone.
+- :class:`IncompatibleSdkError` (a ``RuntimeError``): raised by the client's constructor when
+  the installed azure-servicebus lacks something sbsync cannot work without; it names the
+  supported range.
+- :class:`UnsupportedTransportError` (a ``ValueError``): raised by the client's constructor
+  for ``uamqp_transport=True``: sbsync runs the SDK on its pyamqp transport only.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ __all__ = [
     "AutoLockRenewTimeout",
     "AzureError",
     "ClientClosedError",
+    "IncompatibleSdkError",
     "LoopThreadError",
     "MessageAlreadySettled",
     "MessageLockLostError",
@@ -59,6 +65,7 @@ __all__ = [
     "ServiceBusServerBusyError",
     "SessionCannotBeLockedError",
     "SessionLockLostError",
+    "UnsupportedTransportError",
 ]
 
 
@@ -77,9 +84,25 @@ class LoopThreadError(RuntimeError):
     """
 
 
+class IncompatibleSdkError(RuntimeError):
+    """The installed azure-servicebus lacks an internal sbsync cannot work without.
+
+    The message names what is missing and the supported range of azure-servicebus versions.
+    (Internals sbsync can do without only cost a WARNING naming the feature lost.)
+    """
+
+
+class UnsupportedTransportError(ValueError):
+    """``uamqp_transport=True`` was passed: sbsync runs the SDK on its pyamqp transport only.
+
+    uAMQP is deprecated upstream (azure-servicebus 7.12 made pyamqp the default); drop the
+    option, which also works with the official SDK.
+    """
+
+
 #: What to do next, by what was closed.
 _REMEDY = {
-    "client": "create a new ServiceBusClient.",
+    "client": "use the client again to reopen it (as the SDK's client reopens), or create a new one.",
     "sender": "get a new one from an open ServiceBusClient (client.get_queue_sender(...) or get_topic_sender(...)).",
     "receiver": "get a new one from an open ServiceBusClient (client.get_queue_receiver(...) or "
     "get_subscription_receiver(...)).",

@@ -87,6 +87,7 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess
 from azure.servicebus import ServiceBusMessage
 
 from .client import ServiceBusClient
+from .exceptions import ClientClosedError
 from .receiver import ServiceBusReceiver
 from .sender import ServiceBusSender
 
@@ -111,7 +112,18 @@ class ServiceBusState:
         self.timeout = timeout
         self._senders: dict[tuple[str, str], ServiceBusSender] = {}
         self._lock = threading.Lock()
+        self._closed = False
         _STATES.add(self)
+
+    def open_client(self) -> ServiceBusClient:
+        """The client, unless the extension was closed: ``servicebus.close(app)`` is final for
+        the app (a ``ServiceBusClient`` alone would reopen on its next use)."""
+        if self._closed:
+            raise ClientClosedError(
+                "The app's Service Bus extension was closed (servicebus.close(app)); "
+                "initialise a new ServiceBus for the app."
+            )
+        return self.client
 
     def sender(self, kind: str, name: str) -> ServiceBusSender:
         """The cached sender for ``("queue" | "topic", name)``, created on first request."""
@@ -122,16 +134,18 @@ class ServiceBusState:
         with self._lock:
             sender = self._senders.get(key)
             if sender is None:
+                client = self.open_client()
                 if kind == "queue":
-                    sender = self.client.get_queue_sender(name)
+                    sender = client.get_queue_sender(name)
                 else:
-                    sender = self.client.get_topic_sender(name)
+                    sender = client.get_topic_sender(name)
                 self._senders[key] = sender
             return sender
 
     def close(self) -> None:
         """Close the client and with it every cached sender. Idempotent."""
         atexit.unregister(self.close)
+        self._closed = True
         self.client.close()
 
     def _reset_lock(self) -> None:
@@ -326,10 +340,10 @@ class ServiceBus:
         if kind == "queue":
             if subscription_name is not None:
                 raise TypeError("subscription_name= goes with topic_name=, not queue_name=.")
-            return state.client.get_queue_receiver(name, session_id=session_id)
+            return state.open_client().get_queue_receiver(name, session_id=session_id)
         if subscription_name is None:
             raise TypeError("topic_name= needs subscription_name=.")
-        return state.client.get_subscription_receiver(name, subscription_name, session_id=session_id)
+        return state.open_client().get_subscription_receiver(name, subscription_name, session_id=session_id)
 
     def close(self, app: Flask | None = None) -> None:
         """Close the app's client and senders now (tests; an app being discarded). Idempotent."""

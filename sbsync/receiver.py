@@ -10,12 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiveMode
 from azure.servicebus.aio import ServiceBusReceiver as AsyncServiceBusReceiver
-from azure.servicebus.exceptions import (
-    MessageLockLostError,
-    ServiceBusConnectionError,
-    ServiceBusError,
-    SessionLockLostError,
-)
+from azure.servicebus.exceptions import MessageLockLostError, ServiceBusError, SessionLockLostError
 
 from ._handle import (
     Handle,
@@ -25,8 +20,16 @@ from ._handle import (
     check_type,
 )
 from ._renewer import raise_if_lock_lost
-from ._retry import RetryPolicy
-from ._sdk import settlement_pause_installed, settles_on_current_link
+from ._sdk import (
+    SettleTimeouts,
+    is_deferred,
+    link_running,
+    link_shut_down,
+    sdk_session,
+    session_lock_lost,
+    settle_ahead_installed,
+    settles_on_current_link,
+)
 from ._settlement import Settlements
 from .exceptions import ClientClosedError
 from .session import ServiceBusSession
@@ -47,18 +50,10 @@ def _remaining(deadline: float | None) -> float | None:
     return max(deadline - time.monotonic(), _MIN_RECEIVE_WAIT)
 
 
-#: Socket read timeout of a receiver's connection while settlements on it are in flight (the
-#: SDK's default is 0.2 s). A receive waiting for messages holds the socket, writes included,
-#: until its read times out, and a settlement whose reply that receive read waits a whole
-#: timeout more in its own read: at 0.2 s each, settling alongside a receive takes up to
-#: 0.4 s. Lowered only meanwhile, an idle receiver still wakes five times a second, not 100.
-_SETTLING_SOCKET_TIMEOUT = 0.01
-
-
 def _settle_lane(message: Any) -> str | None:
     """Settling on the receive link sends no transfer and may overlap other calls; a deferred
     message is settled by a management request, which must take the ``"link"`` lane."""
-    return "link" if getattr(message, "_is_deferred_message", False) else None
+    return "link" if is_deferred(message) else None
 
 
 #: Operations on one received message's lock (it lives and dies with the receiving link).
@@ -109,9 +104,8 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
         self._session_registered = False
         self._max_wait_time = max_wait_time
         self._locks_messages = receive_mode != ServiceBusReceiveMode.RECEIVE_AND_DELETE
-        # Loop thread: settlements in flight, and the socket timeouts they lowered (_settling).
-        self._settling_count = 0
-        self._saved_timeouts: tuple[Any, float, Any, float] | None = None
+        # Loop thread: settlements in flight lower the socket read timeout (see SettleTimeouts).
+        self._settle_timeouts = SettleTimeouts()
         self._settlements = Settlements(client._portal)
 
     def __repr__(self) -> str:
@@ -288,44 +282,15 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
             timeout is None
             and not self._is_closed()
             and settles_on_current_link(self._peek(), message)
-            and settlement_pause_installed()
+            and settle_ahead_installed()
         ):
             self._settlements.send(
                 operation,
                 message.sequence_number,
-                lambda: self._attempts(operation, lambda r: self._settling(r, fn), None, None),
+                lambda: self._attempts(operation, lambda r: self._settle_timeouts.run(r, fn), None, None),
             )
         else:
-            self._run(operation, lambda r: self._settling(r, fn), timeout=timeout, lane=None)
-
-    async def _settling(
-        self, sdk: AsyncServiceBusReceiver, fn: Callable[[AsyncServiceBusReceiver], Awaitable[None]]
-    ) -> None:
-        """Loop thread: ``fn(sdk)`` with the socket read timeout lowered while it runs (see
-        ``_SETTLING_SOCKET_TIMEOUT``); the last settlement in flight restores it."""
-        handler: Any = getattr(sdk, "_handler", None)
-        connection = getattr(handler, "_connection", None)
-        if connection is None or not isinstance(getattr(connection, "_socket_timeout", None), (int, float)):
-            await fn(sdk)  # not open yet (the SDK refuses), or a transport without the knob
-            return
-        if self._settling_count == 0:
-            self._saved_timeouts = (handler, handler._socket_timeout, connection, connection._socket_timeout)
-            handler._socket_timeout = min(handler._socket_timeout, _SETTLING_SOCKET_TIMEOUT)
-            connection._socket_timeout = min(connection._socket_timeout, _SETTLING_SOCKET_TIMEOUT)
-        self._settling_count += 1
-        try:
-            await fn(sdk)
-        finally:
-            self._settling_count -= 1
-            if self._settling_count == 0 and self._saved_timeouts is not None:
-                saved_handler, handler_timeout, saved_connection, connection_timeout = self._saved_timeouts
-                self._saved_timeouts = None
-                saved_handler._socket_timeout = handler_timeout
-                saved_connection._socket_timeout = connection_timeout
-                # A connection reopened meanwhile was built with the lowered value: reset it too.
-                current = getattr(saved_handler, "_connection", None)
-                if current is not None:
-                    current._socket_timeout = connection_timeout
+            self._run(operation, lambda r: self._settle_timeouts.run(r, fn), timeout=timeout, lane=None)
 
     # -- every call collects this thread's settlement verdicts first ---------------------------
 
@@ -356,39 +321,23 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
         after a connection error: a session is gone for good, and so is the lock of any message
         received on that link. None if the operation may still succeed (a receive reconnects)."""
         sdk = self._peek()
-        if sdk is None or sdk._shutdown.is_set():
+        if sdk is None or link_shut_down(sdk):
             return None
-        if sdk._session is not None:
-            if not sdk._session._lock_lost:
+        session = sdk_session(sdk)
+        if session is not None:
+            if not session_lock_lost(session):
                 return None
             return SessionLockLostError(
                 message="The connection was lost, and the session lock with it. "
                 "Accept the session again with a new receiver.",
                 error=cause,
             )
-        if operation in _MESSAGE_LOCK_OPERATIONS and not sdk._running:
+        if operation in _MESSAGE_LOCK_OPERATIONS and not link_running(sdk):
             return MessageLockLostError(
                 message="The connection was lost, and the message lock with it. Receive the message again.",
                 error=cause,
             )
         return None
-
-    def _retry_futile(self, operation: str) -> bool:
-        return self._lost_with_link(operation) is not None
-
-    async def _attempts(self, operation: str, fn: Any, lane: str | None, policy: RetryPolicy | None) -> Any:
-        try:
-            return await super()._attempts(operation, fn, lane, policy)
-        except (ServiceBusConnectionError, ValueError) as exc:
-            # Once a connection error closed the link, the SDK refuses message operations with
-            # "the handler has already been shutdown" (ValueError): the lock went with the link.
-            if isinstance(exc, ValueError) and "shutdown" not in str(exc):
-                raise
-            lost = self._lost_with_link(operation, exc)
-            if lost is None:
-                raise
-            # One error type for "this lock is gone", whatever took it.
-            raise lost from exc
 
     # -- lock renewal hand-off ------------------------------------------------------------------
 
@@ -399,7 +348,7 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
             return messages
         if self._session is not None:
             sdk = self._peek()
-            if sdk is not None and getattr(sdk, "_running", False):
+            if sdk is not None and link_running(sdk):
                 with self._register_session:
                     if self._session_registered:
                         return messages

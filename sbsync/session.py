@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from azure.servicebus.exceptions import AutoLockRenewFailed, AutoLockRenewTimeout
 
 from ._handle import check_type
+from ._sdk import session_lock_expired
 
 if TYPE_CHECKING:
     from .receiver import ServiceBusReceiver
@@ -43,7 +44,7 @@ class ServiceBusSession:
     @property
     def _lock_expired(self) -> bool:
         # For lock renewers: the same test the SDK's own renewer makes.
-        return self._receiver._attr("session")._lock_expired
+        return session_lock_expired(self._receiver._attr("session"))
 
     def get_state(self, *, timeout: float | None = None, **kwargs: Any) -> bytes:
         """The session state (None when never set)."""

@@ -22,6 +22,8 @@ from typing import Any, Callable
 from cproton import isnull, pn_collector_peek, pn_collector_pop, pn_event_type
 from proton import Collector, Connection, Event, Transport
 
+from ._frames import FullFrames
+
 _LOG = logging.getLogger(__name__)
 _READ_CHUNK = 256 * 1024
 
@@ -109,7 +111,7 @@ class Loop:
             return
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport = Transport(Transport.SERVER)
+        transport = FullFrames(Transport(Transport.SERVER))  # every field on the wire, as the service
         connection = Connection()
         connection.collect(self._collector)
         transport.bind(connection)

@@ -16,9 +16,10 @@ from azure.servicebus import ServiceBusMessageBatch
 from azure.servicebus.aio._transport._pyamqp_transport_async import PyamqpTransportAsync
 
 import sbsync
-import sbsync._batch_fill as batch_fill
 from sbsync import ServiceBusMessage, ServiceBusReceiveMode
 from sbsync._group_send import SendGroup
+from sbsync._sdk import _batch as batch_module
+from sbsync._sdk import _hooks, fill_batch
 from sbsync.exceptions import (
     MessageSizeExceededError,
     OperationTimeoutError,
@@ -180,33 +181,39 @@ def _filled_the_public_way(batch: ServiceBusMessageBatch, messages: list[Service
     return added
 
 
-def test_a_batch_filled_with_one_encoding_equals_the_sdks(monkeypatch):
-    monkeypatch.setattr(batch_fill, "_checked", None)
+@pytest.fixture
+def fresh_hooks() -> Iterator[None]:
+    _hooks.reset()
+    yield
+    _hooks.reset()
+
+
+def test_a_batch_filled_with_one_encoding_equals_the_sdks(fresh_hooks):
     ours, public, messages = _batch(), _batch(), _messages()
-    assert batch_fill.fill(ours, messages) == _filled_the_public_way(public, messages) == 4
-    assert batch_fill._checked is True  # the once-per-process check passed: the fast way was used
+    assert fill_batch(ours, messages) == _filled_the_public_way(public, messages) == 4
+    assert _hooks.available("encode-once")  # the check passed: the fast way was used
     assert ours._message == public._message
     assert (ours.size_in_bytes, len(ours)) == (public.size_in_bytes, len(public))
     assert ours._amqp_transport is PyamqpTransportAsync  # the sender would rebuild the batch otherwise
 
 
-def test_a_full_batch_stops_where_the_sdks_would(monkeypatch):
-    monkeypatch.setattr(batch_fill, "_checked", None)
+def test_a_full_batch_stops_where_the_sdks_would(fresh_hooks):
     messages = [ServiceBusMessage(b"z" * 1000) for _ in range(10)]
     ours, public = _batch(4000), _batch(4000)
-    added = batch_fill.fill(ours, messages)
+    added = fill_batch(ours, messages)
     assert 0 < added < 10 and added == _filled_the_public_way(public, messages)
     assert ours._message == public._message and ours.size_in_bytes == public.size_in_bytes
 
 
-def test_a_changed_sdk_falls_back_to_the_public_way(monkeypatch):
-    monkeypatch.setattr(batch_fill, "_checked", None)
+def test_a_changed_sdk_falls_back_to_the_public_way(fresh_hooks, monkeypatch, caplog):
     # An SDK whose batch no longer matches what the stand-in produces: the check must notice.
-    monkeypatch.setattr(batch_fill._EncodeOnce, "get_message_encoded_size", lambda self, message: 1)
+    monkeypatch.setattr(batch_module._EncodeOnce, "get_message_encoded_size", lambda self, message: 1)
     ours, public, messages = _batch(), _batch(), _messages()
-    assert batch_fill.fill(ours, messages) == _filled_the_public_way(public, messages)
-    assert batch_fill._checked is False
+    with caplog.at_level(logging.WARNING, logger="sbsync.sdk"):
+        assert fill_batch(ours, messages) == _filled_the_public_way(public, messages)
+    assert not _hooks.available("encode-once")
     assert ours._message == public._message and ours.size_in_bytes == public.size_in_bytes
+    assert [r.message for r in caplog.records if "encoding each grouped message once" in r.message]
 
 
 # -- the group's state machine alone (a stand-in SDK sender: no Service Bus involved) ---------

@@ -8,9 +8,9 @@ batch's own ``add_message`` run unchanged -- size limit, envelope properties, tr
 but hands it a stand-in for the transport that keeps the first encoding for the add.
 
 This leans on SDK internals (the batch's ``_amqp_transport``, pyamqp's batch layout and
-``encode_payload``), so it guards itself: once per process it fills a batch both ways and
-compares the results; any difference, missing piece or error turns it off for good and
-batches are filled the public way.
+``encode_payload``; hook ``encode-once``, verified on 7.14.0, 7.14.3, 7.15.0), so it is
+checked at client construction (:func:`self_check`): a batch filled both ways must come out
+the same; otherwise batches are filled the public way, with one WARNING.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ from typing import Any
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
 from azure.servicebus.exceptions import MessageSizeExceededError
 
-__all__ = ["fill"]
+from ._private import encode_payload
+
+__all__ = ["fill", "self_check"]
 
 _LOGGER = logging.getLogger(__name__)
-
-#: None until checked; then whether the one-encoding fill matches the SDK's own.
-_checked: bool | None = None
 
 
 class _EncodeOnce:
@@ -58,14 +57,14 @@ class _EncodeOnce:
 
 def _stand_in(batch: ServiceBusMessageBatch) -> _EncodeOnce | None:
     """A stand-in for ``batch``'s transport, if the SDK has the pieces it relies on."""
+    if encode_payload is None:
+        return None
     try:
-        from azure.servicebus._pyamqp._encode import encode_payload
-
         transport = batch._amqp_transport
         if getattr(transport, "KIND", None) != "pyamqp" or not isinstance(batch._message, list):
             return None
         return _EncodeOnce(transport, encode_payload)
-    except (ImportError, AttributeError):
+    except AttributeError:
         return None
 
 
@@ -90,15 +89,16 @@ def _add_all(batch: ServiceBusMessageBatch, messages: Sequence[Any], stand_in: _
     return added
 
 
-def _check(like: ServiceBusMessageBatch) -> bool:
-    """Fill two batches with the same probe messages, the SDK's way and ours: same result?"""
+def self_check(transport: Any) -> bool:
+    """Fill two batches on ``transport`` (an SDK sender's) with the same probe messages, the
+    SDK's way and ours: the same result?"""
     probes = [
         ServiceBusMessage(b"probe-1" * 40, application_properties={"k": 1}, subject="s"),
         ServiceBusMessage("probe-2", message_id="m-2", content_type="text/plain"),
     ]
     try:
         made = [
-            ServiceBusMessageBatch(like.max_size_in_bytes, amqp_transport=like._amqp_transport) for _ in range(2)
+            ServiceBusMessageBatch(256 * 1024, amqp_transport=transport) for _ in range(2)
         ]
         public, ours = made
         stand_in = _stand_in(ours)
@@ -118,10 +118,7 @@ def _check(like: ServiceBusMessageBatch) -> bool:
     return bool(same)
 
 
-def fill(batch: ServiceBusMessageBatch, messages: Sequence[Any]) -> int:
+def fill(batch: ServiceBusMessageBatch, messages: Sequence[Any], encode_once: bool) -> int:
     """Add ``messages`` to ``batch`` in order until one does not fit (or cannot be encoded);
-    return how many went in."""
-    global _checked
-    if _checked is None:
-        _checked = _check(batch)
-    return _add_all(batch, messages, _stand_in(batch) if _checked else None)
+    return how many went in. ``encode_once``: whether :func:`self_check` passed."""
+    return _add_all(batch, messages, _stand_in(batch) if encode_once else None)

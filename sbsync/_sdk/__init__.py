@@ -1,0 +1,89 @@
+"""The one door to azure-servicebus's internals (private names, patch points, the error map).
+
+sbsync leans on the async SDK's internals for what its public API cannot do: warm links,
+settlement beside a waiting receive, management-link credit, encode-once batches, lock
+bookkeeping. Every private SDK name sbsync uses is reached through this package, and nowhere
+else (the emulator aside, which shares no code with the facade). :mod:`._hooks` lists each
+use with why it is needed, the SDK versions verified, and its fallback; the check at client
+construction (:func:`check_hooks`) makes a missing one a WARNING with a fallback, or a clear
+:class:`~sbsync.exceptions.IncompatibleSdkError` -- never silence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from azure.servicebus import ServiceBusMessageBatch
+
+from ._batch import fill
+from ._errors import explain_auth_error, is_shutdown_error, map_sdk_errors
+from ._hooks import (
+    HOOKS,
+    SDK_VERSION,
+    SUPPORTED_RANGE,
+    Hook,
+    available,
+    check_hooks,
+    report_missing,
+)
+from ._links import SettleTimeouts, instrument
+from ._settle_pause import (
+    SETTLEMENT_PAUSE,
+    SettlementPause,
+    settle_ahead_installed,
+    settles_on_current_link,
+)
+from ._state import (
+    is_deferred,
+    link_reusable,
+    link_running,
+    link_shut_down,
+    mark_session_lock_lost,
+    message_received_at,
+    message_settled,
+    renew_message_locks,
+    sdk_says_retryable,
+    sdk_session,
+    session_lock_expired,
+    session_lock_lost,
+    session_started,
+)
+
+__all__ = [
+    "HOOKS",
+    "SDK_VERSION",
+    "SETTLEMENT_PAUSE",
+    "SUPPORTED_RANGE",
+    "Hook",
+    "SettleTimeouts",
+    "SettlementPause",
+    "available",
+    "check_hooks",
+    "explain_auth_error",
+    "fill_batch",
+    "instrument",
+    "is_deferred",
+    "is_shutdown_error",
+    "link_reusable",
+    "link_running",
+    "link_shut_down",
+    "map_sdk_errors",
+    "mark_session_lock_lost",
+    "message_received_at",
+    "message_settled",
+    "renew_message_locks",
+    "report_missing",
+    "sdk_says_retryable",
+    "sdk_session",
+    "session_lock_expired",
+    "session_lock_lost",
+    "session_started",
+    "settle_ahead_installed",
+    "settles_on_current_link",
+]
+
+
+def fill_batch(batch: ServiceBusMessageBatch, messages: Sequence[Any]) -> int:
+    """Add ``messages`` to ``batch`` until one does not fit; how many went in (encode-once)."""
+    return fill(batch, messages, available("encode-once"))

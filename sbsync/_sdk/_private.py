@@ -1,0 +1,50 @@
+"""Imports of private SDK modules, each allowed to be missing (its hook then reports it).
+
+Verified on azure-servicebus 7.14.0, 7.14.3 and 7.15.0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The pyamqp message type, to build a probe message (see _hooks.Probe).
+try:
+    from azure.servicebus._pyamqp.message import Message as PyamqpMessage
+except ImportError:  # pragma: no cover - an SDK without pyamqp
+    PyamqpMessage = None  # type: ignore[assignment,misc]
+
+# pyamqp's encoder: a batch's encoding of one message, reused (encode-once).
+encode_payload: Any
+try:
+    from azure.servicebus._pyamqp._encode import encode_payload
+except ImportError:  # pragma: no cover
+    encode_payload = None
+
+# pyamqp's aio client and connection, which hold the socket read timeout (settle-socket-timeout).
+ReceiveClientAsync: Any
+ConnectionAsync: Any
+try:
+    from azure.servicebus._pyamqp.aio import Connection as ConnectionAsync
+    from azure.servicebus._pyamqp.aio import ReceiveClientAsync
+except ImportError:  # pragma: no cover
+    ReceiveClientAsync = ConnectionAsync = None
+
+# The renew-lock reply's expiry key, and the SDK's conversion of it (batch-lock-renewal).
+MGMT_RESPONSE_MESSAGE_EXPIRATION: Any
+utc_from_timestamp: Any
+try:
+    from azure.servicebus._common.constants import MGMT_RESPONSE_MESSAGE_EXPIRATION
+    from azure.servicebus._common.utils import utc_from_timestamp
+except ImportError:  # pragma: no cover
+    MGMT_RESPONSE_MESSAGE_EXPIRATION = utc_from_timestamp = None
+
+# pyamqp's aio receive link (its verdict wait is paused by settle-ahead) and the link and
+# connection states that say whether the connection is still intact.
+ReceiverLinkAsync: Any
+LinkState: Any
+ConnectionState: Any
+try:
+    from azure.servicebus._pyamqp.aio._receiver_async import ReceiverLink as ReceiverLinkAsync
+    from azure.servicebus._pyamqp.constants import ConnectionState, LinkState
+except ImportError:  # pragma: no cover
+    ReceiverLinkAsync = LinkState = ConnectionState = None
