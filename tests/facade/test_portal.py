@@ -281,3 +281,64 @@ def test_fork_child_gets_its_own_loop():
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "child-status 0" in out, out + err
+
+
+@pytest.fixture(params=["caller-creates-task", "loop-creates-task"])
+def either_portal(request):
+    """Both hand-over paths: callers create their call's task (the default), or the loop does
+    (asyncio debug mode, where creating a task from another thread is refused)."""
+    p = Portal()
+    assert p.loop is not None  # started
+    if request.param == "loop-creates-task":
+        p._direct = False
+    yield p
+    p.shutdown()
+
+
+def test_both_hand_over_paths_carry_context_results_and_errors(either_portal):
+    async def read() -> str:
+        await asyncio.sleep(0)
+        return REQUEST_ID.get()
+
+    token = REQUEST_ID.set("req-7")
+    try:
+        assert either_portal.call(read) == "req-7"
+    finally:
+        REQUEST_ID.reset(token)
+    with pytest.raises(KeyError):
+        either_portal.call(_boom)
+    with pytest.raises(OperationTimeoutError):
+        either_portal.call(lambda: asyncio.sleep(5), timeout=0.05)
+
+
+def test_many_callers_at_once_each_get_their_own_result(either_portal):
+    async def echo(i: int) -> int:
+        await asyncio.sleep(0)
+        return i
+
+    results: dict[int, int] = {}
+    start = threading.Barrier(16)
+
+    def worker(base: int) -> None:
+        start.wait()
+        for i in range(base, base + 100):
+            results[i] = either_portal.call(lambda i=i: echo(i))
+
+    threads = [threading.Thread(target=worker, args=(n * 1000,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 1600 and all(k == v for k, v in results.items())
+
+
+def test_post_then_join(portal):
+    async def later(value: int) -> int:
+        await asyncio.sleep(0.01)
+        return value
+
+    calls = [portal.post(lambda v=v: later(v)) for v in range(5)]
+    assert [portal.join(call) for call in calls] == list(range(5))
+    failing = portal.post(_boom)
+    with pytest.raises(KeyError):
+        portal.join(failing)
