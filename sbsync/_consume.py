@@ -22,8 +22,8 @@ from azure.servicebus.exceptions import (
     SessionCannotBeLockedError,
 )
 
+from ._cli_args import CliError, connection_string, entity
 from ._renewer import AutoLockRenewer
-from .cli import CliError, connection_string, entity
 from .client import ServiceBusClient
 
 _log = logging.getLogger(__name__)

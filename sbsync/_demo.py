@@ -15,8 +15,16 @@ from typing import Any, TextIO
 
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
 
+from ._cli_args import CliError
 from .client import ServiceBusClient
 from .processor import SessionContext, SessionProcessor
+
+# The embedded emulator needs python-qpid-proton (the [emulator] extra).
+Emulator: Any
+try:
+    from .emulator import Emulator
+except ImportError:
+    Emulator = None
 
 DEMO_QUEUE = "sbsync-demo"
 
@@ -194,8 +202,8 @@ def demo_client(connection_string: str | None, queue: str) -> Iterator[ServiceBu
         with ServiceBusClient.from_connection_string(connection_string) as client:
             yield client
         return
-    from .emulator import Emulator
-
+    if Emulator is None:
+        raise CliError("the embedded emulator needs python-qpid-proton: pip install 'sbsync[emulator]'")
     # Short session locks, so that the renewer has work to do even in a short demo.
     with Emulator(session_queues=[queue], lock_duration=5) as emulator:
         with ServiceBusClient.from_connection_string(emulator.connection_string) as client:

@@ -16,6 +16,7 @@ from typing import Any
 
 from azure.servicebus import ServiceBusReceivedMessage
 
+from ._lost_locks import mark_lost
 from ._sdk import (
     link_running,
     link_shut_down,
@@ -85,8 +86,6 @@ class MessageLock:
         self._message.auto_renew_error = error
 
     def lost(self, error: Exception) -> None:
-        from ._renewer import mark_lost
-
         mark_lost(self._message, error)
 
 

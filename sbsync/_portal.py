@@ -241,22 +241,8 @@ class Portal:
         self._schedule(loop, call)
         return future
 
-    def post(self, factory: Callable[[], Awaitable[T]]) -> _Call:
-        """Schedule ``factory()`` on the loop without waiting; :meth:`join` waits for it.
-
-        Lighter than :meth:`submit` (no ``concurrent.futures.Future``): for a caller that
-        hands work to the loop now and collects its outcome on a later call.
-        """
-        if self._closed:
-            freeze_if_exiting()
-            raise closed_error("client")
-        call = _Call(factory, self._pending)
-        self._schedule(self._ensure_loop(), call)
-        return call
-
-    def join(self, call: _Call, timeout: float | None = None) -> Any:
-        """Block until a :meth:`post`-ed ``call`` finishes; return or raise its outcome (as
-        :meth:`call` does, timeout and KeyboardInterrupt included). Once per call."""
+    def _join(self, call: _Call, timeout: float | None) -> Any:
+        """Block until ``call`` finishes; return or raise its outcome (see :meth:`call`)."""
         timed_out = self._wait(call, timeout)
         error = call.error
         if error is None:
@@ -280,7 +266,7 @@ class Portal:
             )
         call = _Call(factory, self._pending)
         self._schedule(self._ensure_loop(), call)
-        return self.join(call, timeout)
+        return self._join(call, timeout)
 
     def _schedule(self, loop: asyncio.AbstractEventLoop, call: _Call) -> None:
         """Hand ``call`` to the loop from the caller's thread.

@@ -35,7 +35,6 @@ import functools
 import logging
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -45,10 +44,10 @@ from azure.servicebus import ServiceBusReceivedMessage
 from azure.servicebus.exceptions import (
     AutoLockRenewFailed,
     AutoLockRenewTimeout,
-    MessageLockLostError,
     ServiceBusError,
 )
 
+from ._lock_targets import target_for
 from ._retry import is_transient
 from ._scheduler import DeadlineScheduler
 
@@ -60,7 +59,7 @@ if TYPE_CHECKING:
 
 LockRenewFailureCallback = Callable[[Any, Optional[BaseException]], None]
 
-__all__ = ["AutoLockRenewer", "raise_if_lock_lost"]
+__all__ = ["AutoLockRenewer"]
 
 _log = logging.getLogger(__name__)
 
@@ -84,32 +83,6 @@ def guard(span: float) -> float:
 def renew_margin(span: float) -> float:
     """How long before expiry to renew a lock last granted for ``span`` seconds."""
     return min(RENEW_FRACTION * span, MAX_MARGIN)
-
-
-# Messages whose lock a renewer reported lost, with the error their next call raises.
-_LOST: weakref.WeakKeyDictionary[Any, BaseException] = weakref.WeakKeyDictionary()
-_LOST_GUARD = threading.Lock()
-
-
-def mark_lost(message: ServiceBusReceivedMessage, error: Exception) -> None:
-    with _LOST_GUARD:
-        _LOST[message] = error
-
-
-def raise_if_lock_lost(message: ServiceBusReceivedMessage) -> None:
-    """Raise ``MessageLockLostError`` at once if a renewer reported this message's lock lost.
-
-    The error carries the renewer's (``message.auto_renew_error``) as ``error``. (A lost
-    session lock needs no such check: the SDK's own session receiver refuses every call.)
-    """
-    if not isinstance(message, ServiceBusReceivedMessage):
-        return  # not a message at all: the SDK's own TypeError says so
-    with _LOST_GUARD:
-        error = _LOST.get(message)
-    if error is not None:
-        raise MessageLockLostError(
-            message="The lock on the message was lost: it could not be kept alive.", error=error
-        )
 
 
 class LockTarget(Protocol):
@@ -228,8 +201,6 @@ class AutoLockRenewer:
         return _utcnow()
 
     def _target(self, receiver: Any, renewable: Any) -> LockTarget:
-        from ._lock_targets import target_for
-
         return target_for(receiver, renewable)
 
     # -- public interface ------------------------------------------------------------------

@@ -14,8 +14,23 @@ from azure.servicebus import ServiceBusMessage
 from azure.servicebus.exceptions import ServiceBusError
 
 from . import _demo
+from ._cli_args import (
+    ENV_CONNECTION_STRING,
+    CliError,
+    connection_string,
+    entity,
+    positive_float,
+    positive_int,
+)
+from ._consume import main_consume
+from .client import ServiceBusClient
 
-ENV_CONNECTION_STRING = "SERVICEBUS_CONNECTION_STR"
+# The emulator needs python-qpid-proton (the [emulator] extra); the rest of the CLI does not.
+emulator_main: Any
+try:
+    from .emulator._cli import main as emulator_main
+except ImportError:
+    emulator_main = None
 
 _DESCRIPTION = """\
 Blocking, thread-safe Azure Service Bus from the shell.
@@ -40,8 +55,6 @@ examples:
 """
 
 
-class CliError(Exception):
-    """A problem with the command line or its input: printed as one line, exit status 2."""
 
 
 def _add_connection(parser: argparse.ArgumentParser) -> None:
@@ -82,9 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_connection(demo)
     demo.add_argument("--queue", default=_demo.DEMO_QUEUE, help="session-enabled queue to use (default: %(default)s)")
-    demo.add_argument("--messages", type=_positive_int, default=2000, help="messages to send (default: %(default)s)")
-    demo.add_argument("--sessions", type=_positive_int, default=20, help="sessions to spread them over (default: %(default)s)")
-    demo.add_argument("--workers", type=_positive_int, default=8, help="processor worker threads (default: %(default)s)")
+    demo.add_argument("--messages", type=positive_int, default=2000, help="messages to send (default: %(default)s)")
+    demo.add_argument("--sessions", type=positive_int, default=20, help="sessions to spread them over (default: %(default)s)")
+    demo.add_argument("--workers", type=positive_int, default=8, help="processor worker threads (default: %(default)s)")
 
     consume = commands.add_parser(
         "consume",
@@ -104,11 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--session", metavar="ID", help="consume this session only")
     group.add_argument("--next-session", action="store_true", help="take whichever sessions are available")
     consume.add_argument("--exec", dest="exec_cmd", required=True, metavar="CMD", help="command run per message")
-    consume.add_argument("--max-messages", type=_positive_int, default=None, help="stop after this many messages")
-    consume.add_argument("--max-wait-time", type=_positive_float, default=None, metavar="SECONDS", help="stop after this long with no message (default: run until signalled)")
-    consume.add_argument("--concurrency", type=_positive_int, default=1, help="commands run at once (default: 1)")
+    consume.add_argument("--max-messages", type=positive_int, default=None, help="stop after this many messages")
+    consume.add_argument("--max-wait-time", type=positive_float, default=None, metavar="SECONDS", help="stop after this long with no message (default: run until signalled)")
+    consume.add_argument("--concurrency", type=positive_int, default=1, help="commands run at once (default: 1)")
     consume.add_argument("--dead-letter-on-failure", action="store_true", help="dead-letter at once when CMD fails")
-    consume.add_argument("--grace-period", type=_positive_float, default=30.0, metavar="SECONDS", help="how long running commands may finish after a signal (default: %(default)s)")
+    consume.add_argument("--grace-period", type=positive_float, default=30.0, metavar="SECONDS", help="how long running commands may finish after a signal (default: %(default)s)")
 
     send = commands.add_parser(
         "send",
@@ -128,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection(peek)
     _add_entity(peek)
     peek.add_argument("--session", metavar="ID", help="peek one session of a session-enabled entity")
-    peek.add_argument("--count", type=_positive_int, default=10, help="how many (default: %(default)s)")
+    peek.add_argument("--count", type=positive_int, default=10, help="how many (default: %(default)s)")
 
     session = commands.add_parser("session", help="read, write or list session state")
     session_commands = session.add_subparsers(dest="session_command", metavar="ACTION")
@@ -153,52 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
-    return value
-
-
-def connection_string(args: argparse.Namespace) -> str:
-    value = args.connection_string or os.environ.get(ENV_CONNECTION_STRING)
-    if not value:
-        raise CliError(
-            f"no connection string: pass --connection-string or set {ENV_CONNECTION_STRING}"
-        )
-    return str(value)
-
-
-def entity(args: argparse.Namespace) -> tuple[str, str | None]:
-    """(queue or topic, subscription or None) from QUEUE / --subscription TOPIC/SUB."""
-    if args.subscription:
-        if args.queue:
-            raise CliError("give either QUEUE or --subscription TOPIC/SUB, not both")
-        topic, _, subscription = args.subscription.partition("/")
-        if not topic or not subscription:
-            raise CliError(f"--subscription must look like TOPIC/SUB, got {args.subscription!r}")
-        return topic, subscription
-    if not args.queue:
-        raise CliError("name a QUEUE (or --subscription TOPIC/SUB)")
-    return args.queue, None
-
-
 def _client(args: argparse.Namespace) -> Any:
-    from .client import ServiceBusClient
-
     return ServiceBusClient.from_connection_string(connection_string(args))
 
 
@@ -297,8 +265,9 @@ def _cmd_session(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["emulator"]:
-        from .emulator._cli import main as emulator_main
-
+        if emulator_main is None:
+            print("sbsync emulator: needs python-qpid-proton: pip install 'sbsync[emulator]'", file=sys.stderr)
+            return 2
         return emulator_main(argv[1:], prog="sbsync emulator")
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -316,8 +285,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             conn = args.connection_string or os.environ.get(ENV_CONNECTION_STRING)
             return _demo.main_demo(args, conn)
         if args.command == "consume":
-            from ._consume import main_consume
-
             return main_consume(args)
         if args.command == "send":
             return _cmd_send(args)

@@ -25,7 +25,7 @@ from ._handle import CLOSE_TIMEOUT, Handle, check_timeout
 from ._lifecycle import Lifecycle
 from ._portal import Portal
 from ._retry import RetryPolicy
-from ._sdk import check_hooks
+from ._sdk import check_hooks, install_log_filter, require_session_listing
 from ._warm_links import DEFAULT_IDLE_TIMEOUT, WarmLinks, check_idle_timeout, link_key
 from .exceptions import UnsupportedTransportError, closed_error
 from .receiver import ServiceBusReceiver
@@ -407,8 +407,11 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         state_updated_after: datetime | None = None,
         timeout: float | None = None,
     ) -> ItemPaged[str]:
-        """Session ids of a session-enabled queue, paged (``timeout`` spans all pages)."""
+        """Session ids of a session-enabled queue, paged (``timeout`` spans all pages).
+
+        Needs azure-servicebus 7.15+ (``IncompatibleSdkError`` otherwise)."""
         check_timeout(timeout)
+        require_session_listing()
         return self._paged(
             "list_queue_sessions",
             lambda c: c.list_queue_sessions(queue_name, state_updated_after=state_updated_after, timeout=timeout),
@@ -423,8 +426,11 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         state_updated_after: datetime | None = None,
         timeout: float | None = None,
     ) -> ItemPaged[str]:
-        """Session ids of a session-enabled subscription, paged (``timeout`` spans all pages)."""
+        """Session ids of a session-enabled subscription, paged (``timeout`` spans all pages).
+
+        Needs azure-servicebus 7.15+ (``IncompatibleSdkError`` otherwise)."""
         check_timeout(timeout)
+        require_session_listing()
         return self._paged(
             "list_subscription_sessions",
             lambda c: c.list_subscription_sessions(
@@ -478,6 +484,7 @@ def _split_retry_settings(
             "pyamqp transport (uAMQP is deprecated upstream). Remove the option."
         )
     check_hooks()  # the installed SDK has what sbsync needs (or say what is lost, once)
+    install_log_filter()  # no SDK tracebacks on stderr for errors sbsync handles
     policy = RetryPolicy(
         retry_total=retry_total,
         retry_backoff_factor=retry_backoff_factor,

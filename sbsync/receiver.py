@@ -12,25 +12,17 @@ from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiveMode
 from azure.servicebus.aio import ServiceBusReceiver as AsyncServiceBusReceiver
 from azure.servicebus.exceptions import MessageLockLostError, ServiceBusError, SessionLockLostError
 
-from ._handle import (
-    Handle,
-    check_count,
-    check_sequence_numbers,
-    check_timeout,
-    check_type,
-)
-from ._renewer import raise_if_lock_lost
+from ._handle import Handle, check_count, check_sequence_numbers, check_timeout, check_type
+from ._lost_locks import raise_if_lock_lost
 from ._sdk import (
     SettleTimeouts,
     is_deferred,
     link_running,
     link_shut_down,
+    require_deferred_lock_token,
     sdk_session,
     session_lock_lost,
-    settle_ahead_installed,
-    settles_on_current_link,
 )
-from ._settlement import Settlements
 from .exceptions import ClientClosedError
 from .session import ServiceBusSession
 
@@ -106,7 +98,6 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
         self._locks_messages = receive_mode != ServiceBusReceiveMode.RECEIVE_AND_DELETE
         # Loop thread: settlements in flight lower the socket read timeout (see SettleTimeouts).
         self._settle_timeouts = SettleTimeouts()
-        self._settlements = Settlements(client._portal)
 
     def __repr__(self) -> str:
         closed = " closed" if self._is_closed() else ""
@@ -256,6 +247,7 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
         """Renew the message's lock; returns the new expiry (UTC)."""
         check_type(message, ServiceBusReceivedMessage, "message")
         raise_if_lock_lost(message)
+        require_deferred_lock_token(message)
         return self._run(
             "renew_message_lock",
             lambda r: r.renew_message_lock(message, timeout=timeout, **kwargs),
@@ -269,50 +261,12 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
         fn: Callable[[AsyncServiceBusReceiver], Awaitable[None]],
         timeout: float | None,
     ) -> None:
-        """Settle ``message``. On the receive link, without a ``timeout``, and when the SDK
-        would not refuse the call, this returns once the disposition frame is written; the
-        broker's verdict is raised by this thread's next call on the receiver (the guarantee
-        is spelled out in :mod:`sbsync._settlement`). Otherwise it returns once the broker's
-        verdict is in, as the sync SDK does.
-        """
+        require_deferred_lock_token(message)
         lane = _settle_lane(message)
         if lane is not None:  # a deferred message: settled by a management request
             self._run(operation, fn, timeout=timeout, lane=lane)
-        elif (
-            timeout is None
-            and not self._is_closed()
-            and settles_on_current_link(self._peek(), message)
-            and settle_ahead_installed()
-        ):
-            self._settlements.send(
-                operation,
-                message.sequence_number,
-                lambda: self._attempts(operation, lambda r: self._settle_timeouts.run(r, fn), None, None),
-            )
         else:
             self._run(operation, lambda r: self._settle_timeouts.run(r, fn), timeout=timeout, lane=None)
-
-    # -- every call collects this thread's settlement verdicts first ---------------------------
-
-    def _run(self, operation: str, fn: Callable[[AsyncServiceBusReceiver], Awaitable[Any]], **kwargs: Any) -> Any:
-        self._settlements.collect()
-        return super()._run(operation, fn, **kwargs)
-
-    def close(self) -> None:
-        """Close the receiver (see the class docstring). A settlement this thread made just
-        before whose verdict failed is raised here, after the close has begun."""
-        try:
-            self._settlements.collect()
-        except BaseException:
-            super().close()
-            raise
-        super().close()
-
-    async def _aclose(self) -> None:
-        # Settlements in flight finish before the link detaches (their callers were told
-        # they went out); a failure no caller has collected yet is logged.
-        await self._settlements.aclose()
-        await super()._aclose()
 
     # -- what a lost connection takes with it ----------------------------------------------------
 

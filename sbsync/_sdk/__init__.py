@@ -17,6 +17,7 @@ from typing import Any
 from azure.servicebus import ServiceBusMessageBatch
 
 from ._batch import fill
+from ._compat import require_deferred_lock_token, require_session_listing
 from ._errors import explain_auth_error, is_shutdown_error, map_sdk_errors
 from ._hooks import (
     HOOKS,
@@ -28,12 +29,7 @@ from ._hooks import (
     report_missing,
 )
 from ._links import SettleTimeouts, instrument
-from ._settle_pause import (
-    SETTLEMENT_PAUSE,
-    SettlementPause,
-    settle_ahead_installed,
-    settles_on_current_link,
-)
+from ._logs import install_log_filter
 from ._state import (
     is_deferred,
     link_reusable,
@@ -53,15 +49,14 @@ from ._state import (
 __all__ = [
     "HOOKS",
     "SDK_VERSION",
-    "SETTLEMENT_PAUSE",
     "SUPPORTED_RANGE",
     "Hook",
     "SettleTimeouts",
-    "SettlementPause",
     "available",
     "check_hooks",
     "explain_auth_error",
     "fill_batch",
+    "install_log_filter",
     "instrument",
     "is_deferred",
     "is_shutdown_error",
@@ -74,13 +69,13 @@ __all__ = [
     "message_settled",
     "renew_message_locks",
     "report_missing",
+    "require_deferred_lock_token",
+    "require_session_listing",
     "sdk_says_retryable",
     "sdk_session",
     "session_lock_expired",
     "session_lock_lost",
     "session_started",
-    "settle_ahead_installed",
-    "settles_on_current_link",
 ]
 
 

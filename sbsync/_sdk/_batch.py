@@ -22,7 +22,7 @@ from typing import Any
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
 from azure.servicebus.exceptions import MessageSizeExceededError
 
-from ._private import encode_payload
+from . import _private
 
 __all__ = ["fill", "self_check"]
 
@@ -57,6 +57,7 @@ class _EncodeOnce:
 
 def _stand_in(batch: ServiceBusMessageBatch) -> _EncodeOnce | None:
     """A stand-in for ``batch``'s transport, if the SDK has the pieces it relies on."""
+    encode_payload = _private.encode_payload
     if encode_payload is None:
         return None
     try:

@@ -35,10 +35,31 @@ _LOGGER = logging.getLogger("sbsync.sdk")
 
 #: The installed azure-servicebus.
 SDK_VERSION: str = azure.servicebus.__version__
-#: What setup.cfg accepts (a test keeps the two equal).
-SUPPORTED_RANGE = ">=7.14,<8"
+#: What setup.cfg accepts (a test keeps the two equal). The floor is 7.15: before it the SDK
+#: does not wait for the broker's verdict on a settlement, so completing a message whose lock
+#: was lost "succeeds" silently; it also lacks session listing (see README, "SDK versions").
+SUPPORTED_RANGE = ">=7.15,<8"
+FLOOR = (7, 15)
+CEILING = (8,)
 #: The SDK versions the whole suite ran on.
-VERIFIED = "7.14.0, 7.14.3, 7.15.0"
+VERIFIED = "7.15.0"
+
+
+def version_info(version: str) -> tuple[int, ...]:
+    """``"7.15.0b1"`` -> ``(7, 15, 0)``: the release numbers only."""
+    numbers = []
+    for part in version.split("."):
+        digits = ""
+        for char in part:
+            if not char.isdigit():
+                break
+            digits += char
+        if not digits:
+            break
+        numbers.append(int(digits))
+        if len(digits) < len(part):
+            break
+    return tuple(numbers)
 
 _DUMMY_CONNECTION = "Endpoint=sb://sbsync-probe.invalid/;SharedAccessKeyName=probe;SharedAccessKey=probe"
 
@@ -156,18 +177,6 @@ def _batch_renewal(p: Probe) -> bool:
         and _is_coroutine_method(p.receiver, "_renew_locks")
         and _has(p.receiver, "_check_live")
         and _has(p.message, "_expiry")
-    )
-
-
-def _settle_ahead(p: Probe) -> bool:
-    link = _private.ReceiverLinkAsync
-    return (
-        link is not None
-        and _private.LinkState is not None
-        and inspect.iscoroutinefunction(getattr(link, "_wait_for_disposition_outcome", None))
-        and _assigns(link, "_received_delivery_tags")
-        and _has(p.receiver, "_receive_mode", "_amqp_transport", "_running", "_shutdown", "_handler")
-        and _has(p.message, "_settled", "_is_deferred_message", "_is_peeked_message", "_receiver", "_delivery_tag")
     )
 
 
@@ -301,16 +310,12 @@ HOOKS: dict[str, Hook] = {
             lambda p: _has(p.message, "_received_timestamp_utc"),
         ),
         Hook(
-            "settle-ahead",
-            "settlements that return once their frame is written",
-            "pyamqp aio ReceiverLink._wait_for_disposition_outcome, ._received_delivery_tags, "
-            "._session._connection._transport; aio ServiceBusReceiver._receive_mode, ._amqp_transport, "
-            "._handler; ServiceBusReceivedMessage._is_peeked_message, ._receiver, ._delivery_tag",
-            "the SDK reads the broker's verdict right after writing a settlement, holding the socket "
-            "lock: a receive loop waits a round trip per message (see sbsync/_settlement.py)",
-            "every settlement waits for the broker's verdict (receive loops about a third slower)",
-            _settle_ahead,
-            verified="7.15.0 (7.14 settles without awaiting a verdict: there is nothing to pause)",
+            "session-listing",
+            "ServiceBusClient.list_queue_sessions/list_subscription_sessions",
+            "aio ServiceBusClient.list_queue_sessions, .list_subscription_sessions (azure-servicebus 7.15+)",
+            "sbsync runs the aio client's session listing; azure-servicebus added it in 7.15",
+            "list_queue_sessions/list_subscription_sessions raise IncompatibleSdkError",
+            lambda p: hasattr(p.client, "list_queue_sessions") and hasattr(p.client, "list_subscription_sessions"),
         ),
         Hook(
             "retryable-flag",
@@ -363,11 +368,34 @@ def _warn(hook: Hook, detail: str = "") -> None:
     )
 
 
+def _check_version() -> IncompatibleSdkError | None:
+    """Below the floor: refused. Above the range: one WARNING (each hook is still checked)."""
+    found = version_info(SDK_VERSION)
+    if found < FLOOR:
+        return IncompatibleSdkError(
+            f"sbsync needs azure-servicebus{SUPPORTED_RANGE}; {SDK_VERSION} is installed. Before 7.15 "
+            "the SDK does not wait for the broker's verdict on a settlement (completing a message "
+            "whose lock was lost would seem to succeed). Install: pip install 'azure-servicebus"
+            f"{SUPPORTED_RANGE}'."
+        )
+    if found[:1] >= CEILING:
+        _LOGGER.warning(
+            "azure-servicebus %s is newer than sbsync's supported range (%s, verified on %s); "
+            "each internal sbsync relies on was checked, and any missing one is reported.",
+            SDK_VERSION,
+            SUPPORTED_RANGE,
+            VERIFIED,
+        )
+    return None
+
+
 def check_hooks() -> None:
-    """At client construction: every hook present, or its fallback warned once, or refused."""
+    """At client construction: a supported SDK version, and every hook present, or its fallback
+    warned once, or refused."""
     global _checked, _refusal
     with _lock:
         if not _checked:
+            _refusal = _check_version()
             p = probe()
             for hook in HOOKS.values():
                 try:

@@ -37,14 +37,3 @@ try:
     from azure.servicebus._common.utils import utc_from_timestamp
 except ImportError:  # pragma: no cover
     MGMT_RESPONSE_MESSAGE_EXPIRATION = utc_from_timestamp = None
-
-# pyamqp's aio receive link (its verdict wait is paused by settle-ahead) and the link and
-# connection states that say whether the connection is still intact.
-ReceiverLinkAsync: Any
-LinkState: Any
-ConnectionState: Any
-try:
-    from azure.servicebus._pyamqp.aio._receiver_async import ReceiverLink as ReceiverLinkAsync
-    from azure.servicebus._pyamqp.constants import ConnectionState, LinkState
-except ImportError:  # pragma: no cover
-    ReceiverLinkAsync = LinkState = ConnectionState = None

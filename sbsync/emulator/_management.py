@@ -181,8 +181,9 @@ class Management:
         found = entity.by_sequence(seqs, holder, sess, peek_lock, now_ms())
         out = []
         for m in found:
-            item: dict[str, Any] = {"message": m.encode(m.locked_until_ms if peek_lock else None)}
-            if peek_lock and m.lock_token is not None:
+            token = m.lock_token if peek_lock else None
+            item: dict[str, Any] = {"message": m.encode(m.locked_until_ms if peek_lock else None, token)}
+            if token is not None:
                 item["lock-token"] = m.lock_token
             out.append(item)
         return 200, "OK", {"messages": out}, None

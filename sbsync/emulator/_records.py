@@ -51,6 +51,7 @@ _K_SEQ = codec.enc_symbol("x-opt-sequence-number") + b"\x81"
 _K_ENQ_SEQ = codec.enc_symbol("x-opt-enqueue-sequence-number") + b"\x81"
 _K_LOCKED = codec.enc_symbol("x-opt-locked-until") + b"\x83"
 _K_STATE = codec.enc_symbol("x-opt-message-state")
+_K_LOCK_TOKEN = codec.enc_symbol("x-opt-lock-token")
 _OURS = frozenset(("x-opt-enqueued-time", "x-opt-sequence-number",
                    "x-opt-enqueue-sequence-number", "x-opt-locked-until", "x-opt-message-state"))
 _pack_q = struct.Struct(">q").pack
@@ -98,9 +99,11 @@ class StoredMessage:
         self.bare = self.bare[:self.app_start] + new + self.bare[self.app_end:]
         self.app_end = self.app_start + len(new)
 
-    def encode(self, locked_until_ms: int | None = None) -> bytes:
+    def encode(self, locked_until_ms: int | None = None, lock_token: uuid.UUID | None = None) -> bytes:
         """The message as delivered now: fresh header and broker annotations, bare message as
-        the sender wrote it."""
+        the sender wrote it. ``lock_token``: for a message received by sequence number (not on
+        a link, so no delivery tag), carried as the service does, in the delivery annotations
+        (clients before azure-servicebus 7.15 read it only there)."""
         seq = _pack_q(self.seq)
         ours = [_K_ENQUEUED, _pack_q(self.enqueued_ms), _K_SEQ, seq, _K_ENQ_SEQ, seq]
         count = 3
@@ -111,8 +114,11 @@ class StoredMessage:
             ours += (_K_STATE, codec.enc_value(self.state))
             count += 1
         dc = self.delivery_count
+        delivery = b"" if lock_token is None else codec.section(
+            0x71, codec.enc_compound(0xD1, _K_LOCK_TOKEN + codec.enc_value(lock_token), 2))
         return b"".join((
             codec.enc_header(self.durable, self.priority, self.ttl_ms, dc == 0, dc),
+            delivery,
             codec.encode_annotations(ours, count, self.annotations, _OURS),
             self.bare))
 

@@ -331,14 +331,3 @@ def test_many_callers_at_once_each_get_their_own_result(either_portal):
         t.join()
     assert len(results) == 1600 and all(k == v for k, v in results.items())
 
-
-def test_post_then_join(portal):
-    async def later(value: int) -> int:
-        await asyncio.sleep(0.01)
-        return value
-
-    calls = [portal.post(lambda v=v: later(v)) for v in range(5)]
-    assert [portal.join(call) for call in calls] == list(range(5))
-    failing = portal.post(_boom)
-    with pytest.raises(KeyError):
-        portal.join(failing)

@@ -394,6 +394,6 @@ def test_executor_and_max_workers_exclusive() -> None:
 
 
 def test_raise_if_lock_lost_ignores_what_is_not_a_message() -> None:
-    from sbsync._renewer import raise_if_lock_lost
+    from sbsync._lost_locks import raise_if_lock_lost
 
     raise_if_lock_lost("not a message")  # the SDK's TypeError is the better message
