@@ -37,7 +37,7 @@ _LOGGER = logging.getLogger("sbsync.sdk")
 SDK_VERSION: str = azure.servicebus.__version__
 #: What setup.cfg accepts (a test keeps the two equal). The floor is 7.15: before it the SDK
 #: does not wait for the broker's verdict on a settlement, so completing a message whose lock
-#: was lost "succeeds" silently; it also lacks session listing (see README, "SDK versions").
+#: was lost "succeeds" silently; it also lacks session listing (README, "Supported versions").
 SUPPORTED_RANGE = ">=7.15,<8"
 FLOOR = (7, 15)
 CEILING = (8,)

@@ -18,6 +18,15 @@ available in any test suite without a ``conftest.py`` import:
                 with client.get_queue_sender("orders") as sender:
                     sender.send_messages(ServiceBusMessage("hi"))
 
+``servicebus_emulator_options``
+    The keyword arguments the shared ``servicebus_emulator`` is built with (module scope,
+    ``{}`` by default). Override it in a ``conftest.py`` to give a whole directory's
+    emulators other defaults, for example shorter locks::
+
+        @pytest.fixture(scope="module")
+        def servicebus_emulator_options():
+            return {"lock_duration": 5}
+
 ``servicebus_emulator_factory``
     A callable taking the ``Emulator`` keyword arguments (``queues=``, ``session_queues=``,
     ``lock_duration=``, ``max_delivery_count=``, ...) that returns a started emulator;
@@ -45,11 +54,19 @@ EmulatorFactory = Callable[..., "Emulator"]
 
 
 @pytest.fixture(scope="module")
-def servicebus_emulator() -> Iterator[Emulator]:
-    """A started emulator shared by the test module; unknown entities are created as queues."""
+def servicebus_emulator_options() -> dict[str, Any]:
+    """``Emulator`` keyword arguments for ``servicebus_emulator``; override it in a conftest."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def servicebus_emulator(servicebus_emulator_options: dict[str, Any]) -> Iterator[Emulator]:
+    """A started emulator shared by the test module; unknown entities are created as queues
+    (``host``, ``port`` and ``auto_create`` may be overridden by ``servicebus_emulator_options``)."""
     from . import Emulator
 
-    emulator = Emulator(host="127.0.0.1", port=0, auto_create=True)
+    options = {"host": "127.0.0.1", "port": 0, "auto_create": True, **servicebus_emulator_options}
+    emulator = Emulator(**options)
     emulator.start()
     try:
         yield emulator

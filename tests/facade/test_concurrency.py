@@ -119,10 +119,10 @@ def test_settling_alongside_a_waiting_receive_is_quick(client, queue):
         assert receiver.peek_messages(10) == []
 
 
-def test_threads_share_one_session(client):
-    with client.get_queue_sender("sessions-b") as sender:
+def test_threads_share_one_session(client, session_queue):
+    with client.get_queue_sender(session_queue) as sender:
         sender.send_messages(ServiceBusMessage("s", session_id="shared"))
-    with client.get_queue_receiver("sessions-b", session_id="shared", max_wait_time=2) as receiver:
+    with client.get_queue_receiver(session_queue, session_id="shared", max_wait_time=2) as receiver:
         session = receiver.session
 
         def work(t):
@@ -171,13 +171,13 @@ def test_close_from_another_thread_unblocks_receive(client, queue, how):
         receiver.receive_messages()
 
 
-def test_next_available_session_receivers_in_parallel(client):
-    with client.get_queue_sender("sessions-b") as sender:
+def test_next_available_session_receivers_in_parallel(client, session_queue):
+    with client.get_queue_sender(session_queue) as sender:
         sender.send_messages([ServiceBusMessage(f"p{i}", session_id=f"par-{i}") for i in range(3)])
     got = []
 
     def work(_):
-        with client.get_queue_receiver("sessions-b", session_id=NEXT_AVAILABLE_SESSION, max_wait_time=3) as r:
+        with client.get_queue_receiver(session_queue, session_id=NEXT_AVAILABLE_SESSION, max_wait_time=3) as r:
             for message in r.receive_messages(5, max_wait_time=2):
                 r.complete_message(message)
                 got.append((r.session.session_id, str(message)))
@@ -186,12 +186,12 @@ def test_next_available_session_receivers_in_parallel(client):
     assert sorted(got) == [(f"par-{i}", f"p{i}") for i in range(3)]
 
 
-def test_grouped_sends_keep_sessions_apart(client):
-    with client.get_queue_sender("sessions-c") as sender:
+def test_grouped_sends_keep_sessions_apart(client, session_queue):
+    with client.get_queue_sender(session_queue) as sender:
         _in_threads(8, lambda t: [sender.send_messages(ServiceBusMessage(f"{t}-{i}", session_id=f"g{t % 2}")) for i in range(10)])
     for session_id in ("g0", "g1"):
         with client.get_queue_receiver(
-            "sessions-c", session_id=session_id, receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE
+            session_queue, session_id=session_id, receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE
         ) as receiver:
             got = []
             while True:

@@ -98,8 +98,7 @@ def test_a_parked_link_broken_by_a_dropped_connection_is_replaced(emulator, conn
     assert len(replaced_or_reopened) >= 2  # the first open, then at least one replacement
 
 
-def test_receiver_close_returns_at_once_and_releases_the_session_promptly(emulator, conn_str):
-    session_queue = "sessions-c"
+def test_receiver_close_returns_at_once_and_releases_the_session_promptly(emulator, conn_str, session_queue):
     with sdk.ServiceBusClient.from_connection_string(conn_str) as rival, rival.get_queue_sender(session_queue) as s:
         s.send_messages([ServiceBusMessage(f"m{i}", session_id="handover") for i in range(2)])
         client = sbsync.ServiceBusClient.from_connection_string(conn_str)

@@ -127,8 +127,8 @@ def test_sdk_errors_keep_type_and_tracebacks(client, queue):
     assert any("azure/servicebus/aio" in f for f in files)  # the loop's side
 
 
-def test_sessions(client):
-    queue = "sessions"
+def test_sessions(client, session_queue):
+    queue = session_queue
     with client.get_queue_sender(queue) as sender:
         sender.send_messages([ServiceBusMessage("a1", session_id="A"), ServiceBusMessage("b1", session_id="B")])
 

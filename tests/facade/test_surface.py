@@ -115,7 +115,7 @@ def test_every_sdk_exception_is_reexported():
     assert issubclass(sbsync.exceptions.LoopThreadError, RuntimeError)
 
 
-def test_bad_arguments_fail_clearly(client, queue):
+def test_bad_arguments_fail_clearly(client, queue, session_queue):
     sender = client.get_queue_sender(queue)
     with pytest.raises(ValueError, match="greater than 0"):
         sender.send_messages(sbsync.ServiceBusMessage("x"), timeout=0)
@@ -148,7 +148,7 @@ def test_bad_arguments_fail_clearly(client, queue):
         sender.create_message_batch(-1)
     with pytest.raises(ValueError):
         client.get_queue_receiver(queue, prefetch_count=-1)
-    session_receiver = client.get_queue_receiver("sessions", session_id="never-used")
+    session_receiver = client.get_queue_receiver(session_queue, session_id="never-used")
     with pytest.raises(TypeError, match="state"):
         session_receiver.session.set_state(123)
     with pytest.raises(TypeError):

@@ -1,4 +1,5 @@
-"""Fixtures for the Flask integration: one emulator per module, the example app importable."""
+"""Fixtures for the Flask integration: the plugin's emulator (one per module), the example app
+importable."""
 
 from __future__ import annotations
 
@@ -22,13 +23,8 @@ def loop_threads() -> list[threading.Thread]:
 
 
 @pytest.fixture(scope="module")
-def emulator() -> Iterator[Emulator]:
-    emu = Emulator(host="127.0.0.1", port=0, auto_create=True)
-    emu.start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
+def emulator(servicebus_emulator: Emulator) -> Emulator:
+    return servicebus_emulator
 
 
 @pytest.fixture(scope="module")
