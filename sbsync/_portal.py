@@ -21,8 +21,6 @@ import contextvars
 import itertools
 import logging
 import os
-import selectors
-import sys
 import threading
 import weakref
 from collections.abc import Awaitable
@@ -63,60 +61,6 @@ def freeze_if_exiting() -> None:
         threading.Event().wait()
 
 
-class Wakes:
-    """Loop thread: the locks of callers whose calls finished, released right before the loop
-    next waits for I/O.
-
-    Releasing a lock a caller blocks on lets the OS run the caller at once -- on a busy
-    machine often on the loop thread's own core, preempting it while it holds the GIL, so
-    neither runs (measured: ``lock.release()`` was a quarter of the loop thread's GIL-held
-    time for session-state calls on 2 loaded cores). Released by the loop's selector just
-    before ``select()`` gives up the GIL, the caller wakes as the loop goes idle.
-    """
-
-    __slots__ = ("_locks", "deferred")
-
-    def __init__(self) -> None:
-        self._locks: list[threading.Lock] = []
-        #: False unless the loop runs on the flushing selector: releases are then immediate.
-        self.deferred = False
-
-    def release(self, lock: threading.Lock) -> None:
-        if self.deferred:
-            self._locks.append(lock)
-        else:
-            lock.release()
-
-    def flush(self) -> None:
-        locks = self._locks
-        if locks:
-            self._locks = []
-            for lock in locks:
-                lock.release()
-
-
-class _FlushingSelector(selectors.DefaultSelector):
-    """The loop's selector: releases the deferred wakes (:class:`Wakes`) before each select."""
-
-    def __init__(self, wakes: Wakes) -> None:
-        super().__init__()
-        self._wakes = wakes
-
-    def select(self, timeout: float | None = None) -> Any:
-        self._wakes.flush()
-        return super().select(timeout)
-
-
-def _new_loop(wakes: Wakes) -> asyncio.AbstractEventLoop:
-    """A selector loop that defers wakes (see :class:`Wakes`) where asyncio's default loop is
-    a selector loop; the platform's default loop elsewhere (wakes then stay immediate)."""
-    if sys.platform == "win32":
-        return asyncio.new_event_loop()
-    loop = asyncio.SelectorEventLoop(_FlushingSelector(wakes))
-    wakes.deferred = True
-    return loop
-
-
 class _Call:
     """One coroutine run on the loop for one caller; finished exactly once, on the loop thread."""
 
@@ -124,7 +68,6 @@ class _Call:
         "_ctx",
         "_factory",
         "_pending",
-        "_wakes",
         "cancel_requested",
         "done",
         "error",
@@ -138,11 +81,9 @@ class _Call:
         self,
         factory: Callable[[], Awaitable[Any]],
         pending: set[_Call],
-        wakes: Wakes,
         future: PortalFuture[Any] | None = None,
     ) -> None:
         self._factory = factory
-        self._wakes = wakes
         self._ctx: contextvars.Context | None = None
         self._pending = pending
         self.done = threading.Lock()
@@ -197,7 +138,7 @@ class _Call:
         future = self.future
         if future is not None:
             _settle_future(future, self.result, error)
-        self._wakes.release(self.done)
+        self.done.release()
 
 
 def _settle_future(future: PortalFuture[Any], result: Any, error: BaseException | None) -> None:
@@ -248,8 +189,6 @@ class Portal:
         self._wake_sent = False
         #: Whether callers create their calls' tasks themselves (see _schedule).
         self._direct = False
-        #: Loop thread: how finished calls wake their callers (see Wakes).
-        self.wakes = Wakes()
         self._lock = threading.Lock()
         _PORTALS.add(self)
 
@@ -297,7 +236,7 @@ class Portal:
             raise closed_error("client")
         loop = self._ensure_loop()
         future: PortalFuture[T] = PortalFuture(self)
-        call = _Call(factory, self._pending, self.wakes, future)
+        call = _Call(factory, self._pending, future)
         future._call = call
         self._schedule(loop, call)
         return future
@@ -325,7 +264,7 @@ class Portal:
                 "A blocking sbsync call was made from sbsync's own event-loop thread; it would "
                 "wait for itself forever. Make blocking calls from your own threads."
             )
-        call = _Call(factory, self._pending, self.wakes)
+        call = _Call(factory, self._pending)
         self._schedule(self._ensure_loop(), call)
         return self._join(call, timeout)
 
@@ -428,7 +367,7 @@ class Portal:
 
     def _serve(self, ready: threading.Event, name: str) -> None:
         try:
-            loop = _new_loop(self.wakes)
+            loop = asyncio.new_event_loop()
             # Named threads for run_in_executor (sync credentials), so they are recognisable.
             executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"{name}-executor")
             loop.set_default_executor(executor)
@@ -447,8 +386,6 @@ class Portal:
             self._accepting = False
             for call in list(self._pending):
                 call.finish(closed_error("client", during_call=True))
-            self.wakes.deferred = False
-            self.wakes.flush()
             try:
                 loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
@@ -536,7 +473,6 @@ class Portal:
         self._pending = set()
         self._inbox = collections.deque()
         self._wake_sent = False
-        self.wakes = Wakes()
         self._lock = threading.Lock()
         self.generation += 1
 

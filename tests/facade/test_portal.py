@@ -331,26 +331,3 @@ def test_many_callers_at_once_each_get_their_own_result(either_portal):
         t.join()
     assert len(results) == 1600 and all(k == v for k, v in results.items())
 
-
-
-def test_a_finished_call_wakes_its_caller_even_when_the_loop_stays_busy(portal):
-    """Wakes are released before the loop's next select, which a busy loop makes every
-    iteration (with a zero timeout): a caller is not held up by other work on the loop."""
-
-    async def spin(stop: threading.Event) -> None:
-        while not stop.is_set():
-            await asyncio.sleep(0)
-
-    async def quick() -> str:
-        return "done"
-
-    stop = threading.Event()
-    spinner = portal.submit(lambda: spin(stop))
-    try:
-        began = time.monotonic()
-        for _ in range(50):
-            assert portal.call(quick) == "done"
-        assert time.monotonic() - began < 10
-    finally:
-        stop.set()
-        spinner.result(5)
