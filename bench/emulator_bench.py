@@ -1,11 +1,15 @@
 """Throughput and memory of the sbsync emulator on this machine.
 
-    python -m bench.emulator_bench [--quick] [--runs N] [--output bench/results/emulator.json]
+    python -m bench.emulator_bench [--quick] [--runs N] [--no-tls] [--output FILE]
 
 The emulator runs in its own process (``python -m sbsync.emulator``), so its CPU and RSS are
 its own; the load driver is the official sync SDK (azure-servicebus) in this process, one
 client, links opened before the clock starts. Each figure is the median of several runs,
 each on a fresh queue. Message bodies are 1 KB.
+
+Every scenario but the two-driver one runs again over TLS (rows ``... tls``): the same SDK
+with TLS to the emulator's port, verifying its certificate (``connection_verify``), as
+production clients connect. ``--no-tls`` skips them.
 
 Scenarios:
   single send     one ``send_messages(message)`` call per message
@@ -34,9 +38,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from azure.servicebus import ServiceBusClient, ServiceBusMessage
+from azure.servicebus import ServiceBusClient, ServiceBusMessage, TransportType
 
 from bench._emulator import REPO, Emulator, cpu_seconds, rss_bytes
+from sbsync.emulator._tls import development_pair
 
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "emulator.json"
 BODY = b"x" * 1024
@@ -179,11 +184,28 @@ def session_receive_complete(
 Scenario = Callable[[ServiceBusClient, Clock, str, int], None]
 
 
-def throughput(sizes: Sizes, runs: int, log: Callable[[str], None]) -> dict[str, Any]:
+def _tls_client(conn_str: str, port: int, ca_file: str) -> ServiceBusClient:
+    """The SDK over TLS to the emulator's port, trusting its development CA."""
+    settings = [p for p in conn_str.split(";")
+                if p and not p.startswith(("Endpoint=", "UseDevelopmentEmulator="))]
+    return ServiceBusClient.from_connection_string(
+        ";".join(["Endpoint=sb://localhost/", *settings]),
+        transport_type=TransportType.Amqp,  # a custom endpoint alone means websockets
+        custom_endpoint_address=f"sb://localhost:{port}",
+        connection_verify=ca_file,
+    )
+
+
+def throughput(sizes: Sizes, runs: int, log: Callable[[str], None],
+               tls: bool = False) -> dict[str, Any]:
     session_queues = [f"bench-sessions-{i}" for i in range(runs)]
     args = ["--auto-create"]
     for name in session_queues:
         args += ["--session-queue", name]
+    ca_file = ""
+    if tls:
+        ca_file, cert, key = development_pair()
+        args += ["--tls-cert", cert, "--tls-key", key]
     scenarios: list[tuple[str, int, Scenario, Callable[[int], str]]] = [
         ("single_send", sizes.single, single_send, lambda i: f"single-{i}"),
         ("batch_send", sizes.batch, batch_send, lambda i: f"batch-{i}"),
@@ -199,17 +221,23 @@ def throughput(sizes: Sizes, runs: int, log: Callable[[str], None]) -> dict[str,
     with Emulator.running(*args) as emulator:
         conn_str = emulator.conn_str
         clock = Clock(emulator.pid)
-        scenarios.insert(
-            2,
-            (
-                "batch_send_2_drivers",
-                sizes.batch,
-                lambda _, clock, queue, count: batch_send_2_drivers(conn_str, clock, queue, count),
-                lambda i: f"batch2-{i}",
-            ),
-        )
-        with ServiceBusClient.from_connection_string(conn_str) as client:
+        if not tls:
+            scenarios.insert(
+                2,
+                (
+                    "batch_send_2_drivers",
+                    sizes.batch,
+                    lambda _, clock, queue, count: batch_send_2_drivers(
+                        conn_str, clock, queue, count),
+                    lambda i: f"batch2-{i}",
+                ),
+            )
+        client = _tls_client(conn_str, emulator.port, ca_file) if tls else \
+            ServiceBusClient.from_connection_string(conn_str)
+        with client:
             for name, count, scenario, queue_of in scenarios:
+                if tls:
+                    name += " tls"
                 log(f"{name}: {runs} runs of {count} messages ...")
                 rates, emulator_cpu, driver_cpu, emulator_us = [], [], [], []
                 for i in range(runs):
@@ -260,7 +288,7 @@ def memory(count: int, log: Callable[[str], None]) -> dict[str, Any]:
 
 def render(results: dict[str, Any], mem: dict[str, Any]) -> str:
     lines = [
-        f"{'scenario':<26}{'msgs/s (median)':>16}{'msgs/run':>10}{'target':>12}"
+        f"{'scenario':<30}{'msgs/s (median)':>16}{'msgs/run':>10}{'target':>12}"
         f"{'emu CPU':>9}{'SDK CPU':>9}{'emu us/msg':>12}  runs"
     ]
     for name, row in results.items():
@@ -272,7 +300,7 @@ def render(results: dict[str, Any], mem: dict[str, Any]) -> str:
         )
         runs = ", ".join(f"{r:.0f}" for r in row["runs"])
         lines.append(
-            f"{name:<26}{row['msgs_per_s']:>16.0f}{row['messages_per_run']:>10}{verdict:>12}"
+            f"{name:<30}{row['msgs_per_s']:>16.0f}{row['messages_per_run']:>10}{verdict:>12}"
             f"{row['emulator_cpu_share']:>9.0%}{row['driver_cpu_share']:>9.0%}"
             f"{row['emulator_cpu_us_per_msg']:>12.0f}  {runs}"
         )
@@ -292,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller runs (about 30 s)")
     parser.add_argument("--runs", type=int, default=None, help="runs per scenario (5; 3 quick)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
+    parser.add_argument("--no-tls", action="store_true", help="skip the TLS rows")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     runs = args.runs or (3 if args.quick else 5)
@@ -301,12 +330,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     results = throughput(sizes, runs, log)
+    if not args.no_tls:
+        results.update(throughput(sizes, runs, log, tls=True))
     mem = memory(sizes.memory, log)
     elapsed = time.perf_counter() - started
     print(render(results, mem))
     document = {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m bench.emulator_bench" + (" --quick" if args.quick else ""),
+        "command": "python -m bench.emulator_bench" + (" --quick" if args.quick else "")
+        + (" --no-tls" if args.no_tls else ""),
         "mode": "quick" if args.quick else "full",
         "runs_per_scenario": runs,
         "elapsed_s": round(elapsed, 1),

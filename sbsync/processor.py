@@ -23,7 +23,9 @@ from azure.servicebus.exceptions import (
     SessionLockLostError,
 )
 
+from ._lifecycle import Lifecycle
 from ._renewer import AutoLockRenewer
+from .exceptions import ClientClosedError
 
 if TYPE_CHECKING:
     from .client import ServiceBusClient
@@ -123,6 +125,7 @@ class SessionProcessor:
         self._renewer = AutoLockRenewer(max_lock_renewal_duration=max_lock_renewal_duration)
         self._stopping = threading.Event()
         self._workers: list[threading.Thread] = []
+        self._client_gone = threading.Lock()  # taken once: the warning below is logged once
         self.stats = ProcessorStats()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -190,11 +193,28 @@ class SessionProcessor:
             self._topic_name, self._subscription_name, **kwargs
         )
 
+    def _client_closed(self) -> bool:
+        """Whether the client was closed under the running processor: its workers end (a closed
+        client would reopen on their next call, with a loop thread nobody will close)."""
+        if self._client._lifecycle is Lifecycle.OPEN:
+            return False
+        if self._client_gone.acquire(blocking=False):
+            _log.warning("session processor stopping: its client was closed (stop the processor first)")
+        return True
+
     def _work(self) -> None:
-        while not self._stopping.is_set():
-            receiver = self._open_receiver()
+        while not self._stopping.is_set() and not self._client_closed():
+            try:
+                receiver = self._open_receiver()
+            except ClientClosedError:
+                if self._client_closed():
+                    return
+                raise
             try:
                 self._serve_one_session(receiver)
+            except ClientClosedError:
+                if not self._client_closed():
+                    raise
             except (OperationTimeoutError, SessionCannotBeLockedError):
                 pass  # no session free right now; try again
             except (SessionLockLostError, MessageLockLostError) as exc:

@@ -408,7 +408,7 @@ def check_hooks() -> None:
                 _missing.add(hook.name)
                 if hook.fallback is None:
                     _refusal = _refusal or _refuse(hook)
-                else:
+                elif _refusal is None:  # a refused SDK gets the one error, not warnings besides
                     _warn(hook)
             _checked = True
         if _refusal is not None:

@@ -1,7 +1,9 @@
 """A local Azure Service Bus emulator speaking AMQP 1.0 (python-qpid-proton).
 
 The official ``azure-servicebus`` SDK (sync and aio) runs against it unmodified through
-``Emulator.connection_string`` (``UseDevelopmentEmulator=true``: plain AMQP on loopback).
+``Emulator.connection_string`` (``UseDevelopmentEmulator=true``: plain AMQP on loopback), and
+so do TLS clients (the SDK's uAMQP transport, the JS SDK, HTTPS for the administration
+client) on the same port or ``Emulator.tls_port``, trusting ``Emulator.ca_file``.
 
 Only ``EntityConfig`` is imported eagerly: the rest needs python-qpid-proton (the
 ``emulator`` extra), so it loads on first use and the pytest plugin costs nothing without it.

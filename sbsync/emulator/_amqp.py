@@ -1,4 +1,4 @@
-"""The protocol adapter: connections, SASL, CBS, link attach routing, incoming transfers.
+"""The protocol adapter: connections, CBS, link attach routing, incoming transfers.
 
 Runs only on the loop thread (``_loop``). Broker state changes happen here, in
 ``_consumers`` or in ``_management``, and are followed by a pump of the affected receivers.
@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import deque
 from typing import Any, Callable
 
-from proton import Delivery, Endpoint, Message, Terminus, symbol, ulong
+from proton import Delivery, Endpoint, Message, Terminus, int32, symbol, ulong
 
 from . import _codec as codec
 from ._auth import AuthError, covers, resource_path, verify_sas
 from ._broker import Broker, Entity
 from ._consumers import Consumer, Consumers
 from ._faults import FaultRules
+from ._frontdoor import FrontDoor
+from ._http import HttpHandler, not_found
 from ._loop import Loop
 from ._management import Management
 from ._records import NOT_ALLOWED, SERVER_BUSY, SIZE_EXCEEDED, BrokerError
+from ._tls import TlsConfig
 from ._wire import attr, error_condition, now_ms
 
 _LOG = logging.getLogger(__name__)
@@ -47,27 +51,38 @@ class Adapter:
     """The protocol side of the emulator: reacts to proton engine events from ``Loop``."""
 
     def __init__(self, broker: Broker, rules: FaultRules, key_name: str, key: str,
-                 max_message_size: int) -> None:
+                 max_message_size: int, tls: TlsConfig, next_session_wait: float) -> None:
         self.broker = broker
+        self.tls = tls
+        # how long a next-available-session attach without com.microsoft:timeout waits
+        self.next_session_wait_ms = int(next_session_wait * 1000)
+        self.http_handler: HttpHandler = not_found  # the administration API plugs in here
         self.rules = rules
         self._key_name = key_name
         self._key = key
         self.max_message_size = max_message_size
         self.loop: Loop | None = None
-        self.listen_addr: tuple[str, int] = ("127.0.0.1", 0)
+        self._listening: list[tuple[str, int, bool]] = []  # (host, port, tls_only)
         self.conns: set[Conn] = set()
         self.consumers = Consumers(self)
         self._tag = 0
         self.mgmt = Management(self)
 
-    def start(self, loop: Loop, host: str, port: int) -> int:
-        """Listen on host:port with a fresh loop (the previous one, if any, has ended);
-        return the bound port."""
+    def start(self, loop: Loop, host: str, port: int,
+              tls_port: int | None = None) -> tuple[int, int | None]:
+        """Listen on host:port (and a TLS-only host:tls_port) with a fresh loop (the previous
+        one, if any, has ended); return the bound ports."""
         self.loop = loop
+        if tls_port is not None or self.tls.given:
+            self.tls.context()  # a bad certificate fails start(), not the first client
         port = loop.listen(host, port)
-        self.listen_addr = (host, port)
+        if tls_port is not None:
+            tls_port = loop.listen(host, tls_port, tls_only=True)
+        self._listening = [(host, port, False)]
+        if tls_port is not None:
+            self._listening.append((host, tls_port, True))
         loop.schedule(_TICK_S, self._tick_task)
-        return port
+        return port, tls_port
 
     def _tick_task(self) -> None:
         self.tick()
@@ -76,10 +91,15 @@ class Adapter:
 
     # ------------------------------------------------------------ connections
 
+    def front_door(self, tls_only: bool) -> FrontDoor:
+        """What stands between a new socket and proton (``_frontdoor``)."""
+        return FrontDoor(self.tls.context, tls_only, self._http)
+
+    def _http(self) -> HttpHandler:
+        return self.http_handler
+
     def bound(self, connection: Any, transport: Any) -> None:
-        sasl = transport.sasl()
-        sasl.allow_insecure_mechs = True
-        sasl.allowed_mechs("ANONYMOUS")  # the SDK offers only ANONYMOUS
+        # no transport.sasl(): the front door has done SASL (``_sasl``)
         conn = Conn()
         connection.emu = conn
         self.conns.add(conn)
@@ -140,7 +160,9 @@ class Adapter:
             if path == "$cbs":
                 self._open_service_link(link, "cbs", address)
             elif path.endswith("/$management"):
-                entity = self.entity_for(conn, path[: -len("/$management")])
+                # authorised by a token for the node itself (the JS SDK puts one for
+                # ENTITY/$management) or for its entity, as the service does
+                entity = self.entity_for(conn, path[: -len("/$management")], path)
                 link.emu_entity = entity
                 self._open_service_link(link, "mgmt", address)
             elif link.is_receiver:
@@ -160,10 +182,13 @@ class Adapter:
         except BrokerError as err:
             self.refuse(link, err.condition, err.description)
 
-    def entity_for(self, conn: Conn, path: str) -> Entity:
-        if not conn.authorized(path):
+    def entity_for(self, conn: Conn, path: str, address: str | None = None) -> Entity:
+        """The entity at ``path``, if a token granted on this connection covers ``address``
+        (the link's own address; default ``path``)."""
+        address = path if address is None else address
+        if not conn.authorized(address):
             raise BrokerError("amqp:unauthorized-access",
-                              f"No valid token for '{path}'; put-token on $cbs first.", 401)
+                              f"No valid token for '{address}'; put-token on $cbs first.", 401)
         return self.broker.lookup(path)
 
     def _open_service_link(self, link: Any, kind: str, address: str) -> None:
@@ -310,18 +335,34 @@ class Adapter:
         message-format); a body that merely looks like one but does not parse as messages
         throughout is taken as a plain message."""
         inner = codec.split_batch(data)
+        parsed = None
         if inner:
             try:
-                return [codec.parse_message(p) for p in inner]
+                parsed = [codec.parse_message(p) for p in inner]
             except codec.CodecError:
                 pass
-        return [codec.parse_message(data)]
+        if parsed is None:
+            parsed = [codec.parse_message(data)]
+        for p in parsed:
+            if not p.has_id:
+                codec.ensure_message_id(p, uuid.uuid4().hex)
+        return parsed
 
     # ------------------------------------------------------------ CBS
 
-    def _cbs(self, link: Any, dlv: Any, data: bytes) -> None:
+    def settle_request(self, dlv: Any) -> None:
+        """Accept a CBS or management request and put the disposition on the wire now:
+        the service settles a request before it replies (uAMQP logs an error per call
+        otherwise), while proton would frame our reply's transfer first and the batched
+        disposition after it."""
         dlv.update(Delivery.ACCEPTED)
         dlv.settle()
+        transport = dlv.link.connection.transport
+        if transport is not None:
+            transport.pending()  # frames what is settled so far, ahead of any reply
+
+    def _cbs(self, link: Any, dlv: Any, data: bytes) -> None:
+        self.settle_request(dlv)
         conn = self.conn_of(link)
         req = Message()
         try:
@@ -345,8 +386,8 @@ class Adapter:
                 code, text = 200, "OK"
             except AuthError as exc:
                 code, text = 401, f"Unauthorized: {exc}"
-        reply = Message(correlation_id=req.id,
-                        properties={"status-code": code, "status-description": text})
+        reply = Message(correlation_id=req.id,  # status-code is an AMQP int, as the service's
+                        properties={"status-code": int32(code), "status-description": text})
         session = link.session
         address = link.remote_target.address or "$cbs"
         self.later(self.rules.delay_for("cbs"),
@@ -355,8 +396,7 @@ class Adapter:
     # ------------------------------------------------------------ management
 
     def _management(self, link: Any, dlv: Any, data: bytes) -> None:
-        dlv.update(Delivery.ACCEPTED)
-        dlv.settle()
+        self.settle_request(dlv)
         self.mgmt.handle(link, data)
 
     # ------------------------------------------------------------ time & faults
@@ -393,7 +433,8 @@ class Adapter:
 
     def resume_listening(self) -> None:
         if self.loop is not None and not self.loop.listening:
-            self.loop.listen(*self.listen_addr)
+            for host, port, tls_only in self._listening:
+                self.loop.listen(host, port, tls_only)
 
     def shutdown(self) -> None:
         """Close everything and end the loop (loop thread)."""

@@ -44,15 +44,27 @@ def build_parser(prog: str = "python -m sbsync.emulator") -> argparse.ArgumentPa
     parser = _Parser(
         prog=prog,
         description=(
-            "Run a local Azure Service Bus emulator (AMQP 1.0, no TLS) for development and "
-            "tests. Prints the connection string as the first line on stdout, then serves "
-            "until SIGINT or SIGTERM."
+            "Run a local Azure Service Bus emulator (AMQP 1.0; AMQPS and HTTPS on the same "
+            "port) for development and tests. Prints the connection string as the first line "
+            "on stdout, then serves until SIGINT or SIGTERM."
         ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
     parser.add_argument(
         "--port", type=_port, default=5672, help="TCP port, 0 for a free one (%(default)s)"
     )
+    tls = parser.add_argument_group(
+        "TLS (the main port also accepts TLS: clients tell it apart by the first byte)")
+    tls.add_argument(
+        "--tls-port", type=_port, default=None, metavar="PORT",
+        help="also listen for TLS only on PORT (0 = a free one), for clients that insist on "
+             "AMQPS port 5671 (the SDK's uAMQP transport)")
+    tls.add_argument(
+        "--tls-cert", metavar="CERT.pem",
+        help="server certificate (chain) in PEM; default: a generated development CA and "
+             "certificate for localhost/127.0.0.1, whose CA file path is logged")
+    tls.add_argument("--tls-key", metavar="KEY.pem",
+                     help="private key of --tls-cert (if not inside that file)")
     entities = parser.add_argument_group("entities (each flag may be repeated)")
     entities.add_argument("--queue", action="append", default=[], metavar="NAME")
     entities.add_argument("--session-queue", action="append", default=[], metavar="NAME")
@@ -104,6 +116,14 @@ def build_parser(prog: str = "python -m sbsync.emulator") -> argparse.ArgumentPa
         metavar="SECONDS",
         help="time to live of messages that set none (default: unlimited)",
     )
+    settings.add_argument(
+        "--next-session-wait",
+        type=_positive_float,
+        default=65.0,
+        metavar="SECONDS",
+        help="how long a next-available-session receiver that sets no timeout of its own "
+             "waits for a session (%(default)s, as the service)",
+    )
     auth = parser.add_argument_group("authentication (development defaults, not secrets)")
     auth.add_argument("--key-name", default=_DEV_KEY_NAME, help="SAS key name (%(default)s)")
     auth.add_argument("--key", default=_DEV_KEY, help="SAS key (%(default)s)")
@@ -137,6 +157,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m sbsync.emu
         sys.stdout.write(emulator.connection_string + "\n")
         sys.stdout.flush()
         _LOGGER.info("listening on %s:%s; stop with Ctrl+C", emulator.host, emulator.port)
+        if emulator.tls_port is not None or args.tls_cert:
+            if emulator.tls_port is not None:
+                _LOGGER.info("TLS only on %s:%s", emulator.host, emulator.tls_port)
+            _LOGGER.info("TLS clients trust %s (connection_verify=, REQUESTS_CA_BUNDLE, "
+                         "NODE_EXTRA_CA_CERTS)", emulator.ca_file)
+        else:  # making the CA costs ~10 MiB and ~0.3 s: only when a TLS client comes
+            _LOGGER.info("TLS on the same port too: its development CA is made (and its "
+                         "path logged) on the first TLS connection; --tls-port or "
+                         "--tls-cert make it now")
         _wait_for_signal()
     finally:
         emulator.stop()
@@ -174,7 +203,15 @@ def _create_emulator(args: argparse.Namespace) -> Emulator:
             if topic.lower() not in declared:  # a subscription needs its topic
                 declared[topic.lower()] = flag
                 topics.append(topic)
-    return Emulator(
+    try:
+        return _build(Emulator, args, topics, entities)
+    except ValueError as exc:  # e.g. a TLS file that does not exist
+        raise UsageError(str(exc)) from None
+
+
+def _build(emulator_class: type[Emulator], args: argparse.Namespace, topics: list[str],
+           entities: list[EntityConfig]) -> Emulator:
+    return emulator_class(
         host=args.host,
         port=args.port,
         queues=args.queue,
@@ -189,6 +226,10 @@ def _create_emulator(args: argparse.Namespace) -> Emulator:
         key_name=args.key_name,
         key=args.key,
         auto_create=args.auto_create,
+        tls_port=args.tls_port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        next_session_wait=args.next_session_wait,
     )
 
 
@@ -220,6 +261,7 @@ def _configure_logging(verbose: bool) -> None:
     )
     if not verbose:
         _LOGGER.setLevel(logging.INFO)
+        logging.getLogger("sbsync.emulator._tls").setLevel(logging.INFO)  # the CA's path
 
 
 def _port(text: str) -> int:

@@ -251,7 +251,7 @@ class ParsedMessage:
     """
 
     __slots__ = ("annotations", "app_end", "app_start", "bare", "durable", "group_id",
-                 "priority", "ttl_ms")
+                 "has_id", "priority", "ttl_ms")
 
     def __init__(self) -> None:
         self.durable = False
@@ -262,6 +262,7 @@ class ParsedMessage:
         self.app_start = 0
         self.app_end = 0
         self.group_id: str | None = None
+        self.has_id = False  # properties carry a message-id
 
 
 def parse_message(buf: bytes) -> ParsedMessage:
@@ -297,6 +298,7 @@ def parse_message(buf: bytes) -> ParsedMessage:
             elif desc == PROPERTIES:
                 bare_start = pos
                 msg.group_id = _list_item(buf, vpos, 10)
+                msg.has_id = _first_item_set(buf, vpos)
             elif desc == APP_PROPS:
                 if bare_start < 0:
                     bare_start = pos
@@ -314,6 +316,47 @@ def parse_message(buf: bytes) -> ParsedMessage:
     return msg
 
 
+def ensure_message_id(msg: ParsedMessage, message_id: str) -> None:
+    """Give a message without a message-id this one, as the service does (the JS SDK sends
+    none and its receivers require one)."""
+    if msg.has_id:
+        return
+    bare = msg.bare
+    end = properties_end(bare)
+    fields = [enc_str(message_id)]
+    if end:  # a properties section whose message-id is null: keep its other fields
+        pos, count = _list_start(bare, 3)
+        for i in range(count):
+            nxt = skip(bare, pos)
+            if i:
+                fields.append(bytes(bare[pos:nxt]))
+            pos = nxt
+    new = section(PROPERTIES, enc_compound(0xD0, b"".join(fields), len(fields)))
+    msg.bare = new + bare[end:]
+    if msg.app_end:
+        msg.app_start += len(new) - end
+        msg.app_end += len(new) - end
+    msg.has_id = True
+
+
+def _list_start(buf: bytes, pos: int) -> tuple[int, int]:
+    """(position of the first element, element count) of the encoded list at ``pos``."""
+    code = buf[pos]
+    if code == 0xC0:
+        return pos + 3, buf[pos + 2]
+    if code == 0xD0:
+        return pos + 9, _U32.unpack_from(buf, pos + 5)[0]
+    if code == 0x45:
+        return pos + 1, 0
+    raise CodecError("expected a list")
+
+
+def _first_item_set(buf: bytes, pos: int) -> bool:
+    """Whether the encoded list at ``pos`` has a non-null first element."""
+    first, count = _list_start(buf, pos)
+    return count > 0 and buf[first] != 0x40
+
+
 def properties_end(bare: bytes) -> int:
     """Where the properties section (if ``bare`` starts with one) ends."""
     if bare[:3] == b"\x00\x53\x73":
@@ -323,15 +366,7 @@ def properties_end(bare: bytes) -> int:
 
 def _list_item(buf: bytes, pos: int, index: int) -> Any:
     """Element ``index`` of the encoded list at ``pos`` if it is a string, else None."""
-    code = buf[pos]
-    if code == 0xC0:
-        count, pos = buf[pos + 2], pos + 3
-    elif code == 0xD0:
-        count, pos = _U32.unpack_from(buf, pos + 5)[0], pos + 9
-    elif code == 0x45:
-        return None
-    else:
-        raise CodecError("expected a list")
+    pos, count = _list_start(buf, pos)
     if count <= index:
         return None
     for _ in range(index):

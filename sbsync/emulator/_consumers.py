@@ -25,7 +25,16 @@ SESSION_FILTER = "com.microsoft:session-filter"
 LOCKED_UNTIL = "com.microsoft:locked-until-utc"
 TIMEOUT_PROP = "com.microsoft:timeout"
 _TICKS_EPOCH = 621355968000000000  # .NET ticks at the Unix epoch
-_DEFAULT_SESSION_WAIT_MS = 60_000
+
+
+def _timeout_text(wait_ms: int) -> str:
+    """The service's words when no session turned up in time (its .NET TimeSpan format)."""
+    seconds, ms = divmod(wait_ms, 1000)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    span = f"{hours:02d}:{minutes:02d}:{seconds:02d}" + (f".{ms:03d}0000" if ms else "")
+    return (f"The operation did not complete within the allotted timeout of {span}. No "
+            "unlocked session with messages became available.")
 
 
 class Consumer:
@@ -38,6 +47,7 @@ class Consumer:
         self.peek_lock = peek_lock
         self.session: Session | None = None
         self.session_wanted = False
+        self.wait_ms = 0
         self.wait_deadline_ms = 0
         self.open = False
         self.name = link.name
@@ -90,7 +100,8 @@ class Consumers:
             self._open(cons, sess)
             return
         wait = (link.remote_properties or {}).get(TIMEOUT_PROP)
-        cons.wait_deadline_ms = now_ms() + (int(wait) if wait else _DEFAULT_SESSION_WAIT_MS)
+        cons.wait_ms = int(wait) if wait is not None else adapter.next_session_wait_ms
+        cons.wait_deadline_ms = now_ms() + cons.wait_ms
         self.waiting.append(cons)
 
     def _open(self, cons: Consumer, sess: Session | None = None) -> None:
@@ -126,8 +137,7 @@ class Consumers:
             elif cons.wait_deadline_ms <= now:
                 self.waiting.remove(cons)
                 cons.conn.consumers.discard(cons)
-                self.adapter.refuse(cons.link, TIMEOUT, "No unlocked session with messages "
-                                    "became available before the timeout.")
+                self.adapter.refuse(cons.link, TIMEOUT, _timeout_text(cons.wait_ms))
 
     def drop(self, cons: Consumer) -> None:
         """Release everything a vanished receiver held (its locks return at once)."""

@@ -6,7 +6,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from proton import UNDESCRIBED, Array, Data, Message, symbol, timestamp
+from proton import UNDESCRIBED, Array, Data, Message, int32, symbol, timestamp
 
 from . import _codec as codec
 from ._broker import Entity
@@ -86,7 +86,9 @@ class Management:
         op = _str(props.get("operation")) or ""
         status, text, body, condition = self._dispatch(link, op, req.body, props)
         _LOG.debug("%s on %s -> %d %s", op, link.emu_entity.path, status, condition or "")
-        app: dict[Any, Any] = {"statusCode": status, "statusDescription": text}
+        # the service's types: statusCode an AMQP int (uAMQP refuses a long), errorCondition
+        # a symbol
+        app: dict[Any, Any] = {"statusCode": int32(status), "statusDescription": text}
         if condition:
             app["errorCondition"] = symbol(condition)
         response = Message(correlation_id=req.id if req.id is not None else req.correlation_id,
@@ -245,4 +247,5 @@ class Management:
         ids = entity.list_sessions(since_ms)[skip: skip + top]
         if not ids:
             return 204, "No sessions", None, None
-        return 200, "OK", {"skip": skip + len(ids), "sessions-ids": ids}, None
+        return 200, "OK", {"skip": int32(skip + len(ids)),
+                           "sessions-ids": _array(Data.STRING, ids)}, None

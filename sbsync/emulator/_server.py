@@ -11,8 +11,10 @@ from ._amqp import Adapter
 from ._broker import Broker
 from ._config import EntityConfig
 from ._faults import FaultRules, Faults
+from ._http import HttpHandler
 from ._loop import Loop
 from ._records import EntityStats
+from ._tls import TlsConfig
 
 _LOG = logging.getLogger(__name__)
 
@@ -23,17 +25,25 @@ T = TypeVar("T")
 
 
 class Emulator:
-    """A local Azure Service Bus namespace on loopback AMQP (no TLS).
+    """A local Azure Service Bus namespace on loopback: AMQP, AMQPS and HTTP(S) on one port.
 
     Use as a context manager or call ``start()``/``stop()``; point the SDK at
-    ``connection_string``. Entities: ``queues`` / ``session_queues`` / ``topics`` by name,
+    ``connection_string``. The port tells protocols apart by their first bytes: plain AMQP
+    (``UseDevelopmentEmulator=true``), TLS (AMQPS, or HTTPS for the administration client)
+    and plain HTTP. ``tls_port`` (0 = a free port) adds a TLS-only listener for clients that
+    insist on one (the uAMQP transport's 5671). ``tls_cert``/``tls_key`` are PEM files for
+    TLS; without them a development CA and a certificate for localhost, 127.0.0.1 and ::1
+    are generated on first use, and ``ca_file`` is what clients trust
+    (``connection_verify=emulator.ca_file``). ``http_handler`` serves HTTP (``_http``). Entities: ``queues`` / ``session_queues`` / ``topics`` by name,
     ``subscriptions`` / ``session_subscriptions`` as ``"topic/sub"``, or ``entities`` with
     full per-entity settings. ``lock_duration``, ``max_delivery_count`` and
     ``default_message_ttl`` (seconds, None = no expiry) are the defaults for entities that do
     not set their own. ``auto_create`` creates unknown queues and subscriptions on first use
     (they accept session and non-session receivers). Transfers above ``max_message_size``
-    bytes are refused (MessageSizeExceededError). Entities and messages live in memory and
-    survive ``stop()``/``start()``.
+    bytes are refused (MessageSizeExceededError). A next-available-session receiver that
+    names no wait of its own (``com.microsoft:timeout``; the SDK's uAMQP transport never
+    does) waits ``next_session_wait`` seconds for a session, 65 as the service. Entities and
+    messages live in memory and survive ``stop()``/``start()``.
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, queues: Iterable[str] = (),
@@ -42,9 +52,12 @@ class Emulator:
                  entities: Iterable[EntityConfig] = (), lock_duration: float = 60.0,
                  max_delivery_count: int = 10, default_message_ttl: float | None = None,
                  key_name: str = DEFAULT_KEY_NAME, key: str = DEFAULT_KEY,
-                 auto_create: bool = False, max_message_size: int = 256 * 1024) -> None:
+                 auto_create: bool = False, max_message_size: int = 256 * 1024,
+                 tls_port: int | None = None, tls_cert: str | None = None,
+                 tls_key: str | None = None, next_session_wait: float = 65.0) -> None:
         self.host = host
         self.port = port
+        self.tls_port = tls_port
         self._key_name = key_name
         self._key = key
         self._broker = Broker(lock_duration=lock_duration, max_delivery_count=max_delivery_count,
@@ -65,7 +78,9 @@ class Emulator:
         for cfg in entities:
             self._broker.create(cfg)
         self._rules = FaultRules()
-        self._adapter = Adapter(self._broker, self._rules, key_name, key, max_message_size)
+        self._tls = TlsConfig(tls_cert, tls_key, host)
+        self._adapter = Adapter(self._broker, self._rules, key_name, key, max_message_size,
+                                self._tls, next_session_wait)
         self.faults = Faults(self._call, lambda: self._adapter, self._rules)
         self._thread: threading.Thread | None = None
         self._loop: Loop | None = None
@@ -74,6 +89,21 @@ class Emulator:
     def __repr__(self) -> str:
         state = "running" if self._thread is not None else "stopped"
         return f"<Emulator {self.host}:{self.port} key_name={self._key_name!r} {state}>"
+
+    @property
+    def ca_file(self) -> str:
+        """The PEM file TLS clients should trust (the given ``tls_cert``, or the generated
+        development CA, made on first access)."""
+        return self._tls.ca_file
+
+    @property
+    def http_handler(self) -> HttpHandler:
+        """Serves HTTP requests on the emulator's port (see ``sbsync.emulator._http``)."""
+        return self._adapter.http_handler
+
+    @http_handler.setter
+    def http_handler(self, handler: HttpHandler) -> None:
+        self._adapter.http_handler = handler
 
     @property
     def connection_string(self) -> str:
@@ -89,8 +119,9 @@ class Emulator:
                 return self
             loop = Loop(self._adapter)
             try:
-                self.port = self._adapter.start(loop, self.host, self.port)
-            except BaseException:  # e.g. the port is taken
+                self.port, self.tls_port = self._adapter.start(loop, self.host, self.port,
+                                                               self.tls_port)
+            except BaseException:  # e.g. the port is taken, or a bad certificate
                 loop.close()
                 raise
             thread = threading.Thread(target=self._run, args=(loop,), name="sbsync-emulator",
@@ -98,7 +129,8 @@ class Emulator:
             self._loop = loop
             self._thread = thread
             thread.start()
-            _LOG.info("emulator listening on %s:%d", self.host, self.port)
+            _LOG.info("emulator listening on %s:%d%s", self.host, self.port,
+                      "" if self.tls_port is None else f" (TLS only on {self.tls_port})")
             return self
 
     @staticmethod

@@ -4,7 +4,9 @@ Installed with sbsync (entry point ``pytest11: sbsync_emulator``), so the fixtur
 available in any test suite without a ``conftest.py`` import:
 
 ``servicebus_emulator``
-    One emulator per test module, started on ``127.0.0.1`` on a free port with
+    One emulator per test module, started on ``127.0.0.1`` on a free port (plain AMQP, and
+    TLS on the same port) and a free TLS-only port (``.tls_port``, for clients that insist
+    on AMQPS, like the SDK's uAMQP transport; trust ``.ca_file``) with
     ``auto_create=True``: the first sender or receiver naming an unknown entity creates a
     plain queue of that name with the emulator defaults. Module scope keeps start-up out of
     every test while still isolating modules from each other; tests in a module share it, so
@@ -29,8 +31,8 @@ available in any test suite without a ``conftest.py`` import:
 
 ``servicebus_emulator_factory``
     A callable taking the ``Emulator`` keyword arguments (``queues=``, ``session_queues=``,
-    ``lock_duration=``, ``max_delivery_count=``, ...) that returns a started emulator;
-    every emulator it started is stopped when the test ends. Use it for a test that needs
+    ``lock_duration=``, ``max_delivery_count=``, ``tls_port=``, ``tls_cert=``, ...) that
+    returns a started emulator; every emulator it started is stopped when the test ends. Use it for a test that needs
     its own settings or that breaks the emulator on purpose (fault injection)::
 
         def test_redelivery(servicebus_emulator_factory):
@@ -62,10 +64,12 @@ def servicebus_emulator_options() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def servicebus_emulator(servicebus_emulator_options: dict[str, Any]) -> Iterator[Emulator]:
     """A started emulator shared by the test module; unknown entities are created as queues
-    (``host``, ``port`` and ``auto_create`` may be overridden by ``servicebus_emulator_options``)."""
+    (``host``, ``port``, ``auto_create`` and ``tls_port`` may be overridden by
+    ``servicebus_emulator_options``)."""
     from . import Emulator
 
-    options = {"host": "127.0.0.1", "port": 0, "auto_create": True, **servicebus_emulator_options}
+    options = {"host": "127.0.0.1", "port": 0, "auto_create": True, "tls_port": 0,
+               **servicebus_emulator_options}
     emulator = Emulator(**options)
     emulator.start()
     try:

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import quote_plus
 
 import pytest
-from azure.servicebus import ServiceBusClient, ServiceBusReceivedMessage
+from azure.servicebus import ServiceBusClient, ServiceBusReceivedMessage, TransportType
 from azure.servicebus.aio import ServiceBusClient as AsyncServiceBusClient
 
 from sbsync.emulator import DEFAULT_KEY, DEFAULT_KEY_NAME, Emulator, EntityConfig
@@ -252,6 +252,27 @@ def sas_token(
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def tls_conn_str(emulator: Emulator) -> str:
+    """The emulator's connection string as a production namespace's looks: no
+    ``UseDevelopmentEmulator``, so clients speak TLS; the host is ``localhost`` (on the
+    certificate) and the port is left to the client (pass ``custom_endpoint_address``)."""
+    parts = [p for p in emulator.connection_string.split(";")
+             if p and not p.startswith(("Endpoint=", "UseDevelopmentEmulator="))]
+    return ";".join(["Endpoint=sb://localhost/", *parts])
+
+
+def tls_client(sdk: Sdk, emulator: Emulator, port: int | None = None, **kwargs: Any) -> Any:
+    """An SDK client that reaches the emulator over TLS (``port``: default the main one),
+    trusting its CA as an application would (``connection_verify``)."""
+    return sdk.client(
+        tls_conn_str(emulator),
+        transport_type=TransportType.Amqp,  # a custom endpoint alone means websockets
+        custom_endpoint_address=f"sb://localhost:{port or emulator.port}",
+        connection_verify=emulator.ca_file,
+        **kwargs,
+    )
 
 
 def new_queue(emulator: Emulator, prefix: str = "q", **settings: Any) -> str:

@@ -8,6 +8,7 @@ import os
 import selectors
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusRece
 from azure.servicebus.exceptions import MessagingEntityNotFoundError
 
 from sbsync.emulator._cli import main
+from sbsync.emulator._tls import development_pair
 
 from .conftest import receive
 
@@ -197,6 +199,8 @@ def test_auto_create_and_sigint(spawned: list[subprocess.Popen[str]]) -> None:
         (["--config", "/nonexistent/Config.json"], "Config.json: cannot read"),
         (["--queue", "a", "--session-queue", "A"], "'A' is declared twice (--queue and"),
         (["--subscription", "t/s", "--subscription", "t/s"], "'t/Subscriptions/s' is declared"),
+        (["--tls-cert", "/nonexistent/cert.pem"], "no such certificate or key file"),
+        (["--tls-port", "-1"], "port must be 0..65535"),
     ],
 )
 def test_bad_flags(args: list[str], expected: str) -> None:
@@ -215,16 +219,33 @@ def test_bad_flags(args: list[str], expected: str) -> None:
     assert lines[0].startswith("python -m sbsync.emulator: error: ")
 
 
+def test_tls(spawned: list[subprocess.Popen[str]]) -> None:
+    """--tls-port and --tls-cert/--tls-key: TLS on the main port and on its own port."""
+    ca, cert, key = development_pair()
+    proc = _spawn("--port", "0", "--tls-port", "0", "--tls-cert", cert, "--tls-key", key)
+    spawned.append(proc)
+    port = int(_first_line(proc).split(";")[0].rsplit(":", 1)[1].rstrip("/"))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        context = ssl.create_default_context(cafile=ca)
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            assert tls.version()
+    code, _, stderr = _stop(proc, signal.SIGTERM)
+    assert code == 0, stderr
+    assert "TLS only on 127.0.0.1:" in stderr
+    assert f"TLS clients trust {cert}" in stderr
+
+
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
     """``main`` configures logging as a program does; undo that after in-process runs."""
     root = logging.getLogger()
-    cli = logging.getLogger("sbsync.emulator._cli")
-    handlers, level, cli_level = root.handlers[:], root.level, cli.level
+    ours = [logging.getLogger(f"sbsync.emulator.{name}") for name in ("_cli", "_tls")]
+    handlers, level, our_levels = root.handlers[:], root.level, [lg.level for lg in ours]
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
-    cli.setLevel(cli_level)
+    for logger, our_level in zip(ours, our_levels):
+        logger.setLevel(our_level)
 
 
 def test_malformed_config_is_one_line(
@@ -255,7 +276,8 @@ def test_port_in_use(capsys: pytest.CaptureFixture[str], restore_logging: None) 
 def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for flag in ("--session-queue", "--subscription", "--config", "--auto-create", "--key"):
+    for flag in ("--session-queue", "--subscription", "--config", "--auto-create", "--key",
+                 "--tls-port", "--tls-cert", "--tls-key", "--next-session-wait"):
         assert flag in out
 
 
@@ -281,6 +303,7 @@ WITHOUT_PROTON = """
 import sys
 sys.modules["proton"] = None  # as if python-qpid-proton were not installed
 from sbsync.emulator._cli import main
+from sbsync.emulator._tls import development_pair
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -302,3 +325,21 @@ def test_without_proton() -> None:
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1, result.stderr
     assert "pip install 'sbsync[emulator]'" in result.stderr
+
+
+def test_tls_certificate_made_on_first_use(spawned: list[subprocess.Popen[str]]) -> None:
+    """Without TLS flags the development CA is made when the first TLS client comes (an
+    emulator nobody reaches over TLS does not pay for it), and its path is logged then."""
+    proc = _spawn("--port", "0")
+    spawned.append(proc)
+    port = int(_first_line(proc).split(";")[0].rsplit(":", 1)[1].rstrip("/"))
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the path is not known yet: that is the point
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            assert tls.version()
+    code, _, stderr = _stop(proc, signal.SIGTERM)
+    assert code == 0, stderr
+    assert "made (and its path logged) on the first TLS connection" in stderr
+    assert "generated a development CA; clients trust /" in stderr

@@ -72,14 +72,15 @@ def _sdk_round_trip(sdk: Sdk, emulator: Emulator, body: str) -> None:
 @pytest.mark.parametrize(
     ("payload", "hang_up"),
     [
-        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", False),
+        (b"\x16\x03\x01\x00\x05hello" + os.urandom(64), False),  # a TLS record of noise
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\x01", False),  # HTTP, then not HTTP
         (os.urandom(4096), False),
         (AMQP_HEADER + os.urandom(64), False),  # plain AMQP where SASL is required, then noise
         (SASL_HEADER + struct.pack(">I", 0xFFFFFFF0) + b"\x02\x01\x00\x00", False),  # huge frame
         # Half a frame just waits for the rest: we hang up mid-frame ourselves.
         (SASL_HEADER + struct.pack(">IBBH", 1000, 2, 1, 0) + b"\x00\x53\x41", True),
     ],
-    ids=["http", "random", "amqp-no-sasl", "huge-frame", "half-frame"],
+    ids=["tls-noise", "http-then-noise", "random", "amqp-no-sasl", "huge-frame", "half-frame"],
 )
 def test_garbage_is_dropped(wire_emulator: Emulator, payload: bytes, hang_up: bool) -> None:
     with socket.create_connection((wire_emulator.host, wire_emulator.port), timeout=5) as sock:
@@ -188,3 +189,24 @@ def test_raw_oversize_transfer_is_rejected(wire_emulator: Emulator) -> None:
         sender.send(Message(body=b"fits"))  # the link is still usable
         sender.close()
     assert wire_emulator.stats("q").active == 1
+
+
+def test_messages_without_an_id_get_one(wire_emulator: Emulator, sdk: Sdk) -> None:
+    """The service gives a message that has no message-id one (the JS SDK sends none, and
+    its receivers fail without); an id the sender chose is kept."""
+    namespace = f"sb://{wire_emulator.host}:{wire_emulator.port}/"
+    with _proton_client(wire_emulator) as conn:
+        _request(conn, "$cbs", sas_token(namespace, int(time.time()) + 600),
+                 {"operation": "put-token", "type": "jwt", "name": namespace + "q"})
+        sender = conn.create_sender(f"amqps://{wire_emulator.host}:{wire_emulator.port}/q")
+        sender.send(Message(body="anonymous", properties={"k": "v"}))
+        sender.send(Message(body="named", id="mine"))
+        sender.close()
+    client = sdk.client(wire_emulator.connection_string)
+    receiver = sdk.open(
+        client.get_queue_receiver("q", receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE))
+    first, second = receive(receiver, 2)
+    assert len(first.message_id) == 32 and int(first.message_id, 16) >= 0
+    assert first.application_properties == {b"k": b"v"}
+    assert "anonymous" in str(first)  # an amqp-value body, kept as sent
+    assert second.message_id == "mine"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from sbsync import ServiceBusClient, ServiceBusMessage, ServiceBusSubQueue
-from sbsync.emulator import Emulator
+from sbsync.emulator import Emulator, EntityConfig
 from sbsync.processor import SessionContext, SessionProcessor
 
 QUEUE = "orders"
@@ -177,3 +177,24 @@ def test_bad_arguments(client: ServiceBusClient) -> None:
         SessionProcessor(client, queue_name=QUEUE, handler=handler, max_concurrent_sessions=0)
     with pytest.raises(ValueError, match="session_idle_timeout"):
         SessionProcessor(client, queue_name=QUEUE, handler=handler, session_idle_timeout=0)
+
+
+def test_closing_the_client_under_a_running_processor_ends_it(emulator: Emulator, caplog: Any) -> None:
+    """A closed client reopens on its next use; the processor's workers must not be that use
+    (they would start a loop thread nobody closes): they end, with one WARNING."""
+    emulator.create_entity(EntityConfig(name="closing", requires_session=True))
+    client = ServiceBusClient.from_connection_string(emulator.connection_string)
+    processor = SessionProcessor(
+        client, handler=lambda context, message: None, queue_name="closing", max_concurrent_sessions=3
+    )
+    with caplog.at_level("WARNING", logger="sbsync.processor"):
+        processor.start()
+        time.sleep(0.5)
+        client.close()
+        assert wait_for(lambda: not any(w.is_alive() for w in processor._workers), 10)
+    assert processor.stop(5)
+    assert [r.getMessage() for r in caplog.records if "client was closed" in r.getMessage()] == [
+        "session processor stopping: its client was closed (stop the processor first)"
+    ]
+    loop = client._portal._thread
+    assert loop is None or not loop.is_alive()
