@@ -266,6 +266,17 @@ class Figure:
     connections: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def cpu_us_per_op(self, unit: str) -> float | None:
+        """Client CPU per operation (us), from the CPU share and the median: for a rate
+        (``msgs/s``) share / rate; for a latency in ms, share x latency. None otherwise."""
+        if not self.median or self.median != self.median:
+            return None
+        if unit.endswith("/s"):
+            return self.client_cpu / self.median * 1e6
+        if unit == "ms":
+            return self.client_cpu * self.median * 1e3
+        return None
+
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"median": _round(self.median)}
         if self.p99 is not None:
@@ -399,7 +410,8 @@ def render_table(rows: list[Row], impls: Sequence[str]) -> str:
     head = (
         f"{'workload':<34}{'unit':<8}"
         + "".join(f"{name:>20}" for name in impls)
-        + f"{'sbsync/aio':>11}{'sbsync/sync':>12}{'emu CPU':>8}{'cli CPU':>8}  bound / note"
+        + f"{'sbsync/aio':>11}{'sbsync/sync':>12}{'emu CPU':>8}{'cli CPU':>8}"
+        + f"{'CPU us/op sync/aio/sbsync':>27}  bound / note"
     )
     lines = [head, "-" * len(head)]
     for row in rows:
@@ -416,16 +428,22 @@ def render_table(rows: list[Row], impls: Sequence[str]) -> str:
         emu = f"{sb.emulator_cpu:.0%}" if sb else "-"
         cli = f"{sb.client_cpu:.0%}" if sb else "-"
         notes = "; ".join(x for x in (row.bound, row.note) if x)
+        per_op = []
+        for name in (SYNC, AIO, SBSYNC):
+            fig = row.figures.get(name)
+            value = fig.cpu_us_per_op(row.unit) if fig is not None else None
+            per_op.append("-" if value is None else f"{value:.0f}")
         lines.append(
             f"{row.name:<34}{row.unit:<8}"
             + "".join(cells)
             + f"{_fmt_ratio(row.ratio(AIO)):>11}{_fmt_ratio(row.ratio(SYNC)):>12}"
-            + f"{emu:>8}{cli:>8}  {notes}"
+            + f"{emu:>8}{cli:>8}{' / '.join(per_op):>27}  {notes}"
         )
     lines.append("")
     lines.append(
         "Cells: median (latency rows: p50 / p99). CPU columns: sbsync's run, share of one core "
-        "used by the emulator process and by the client process during the timed region."
+        "used by the emulator process and by the client process during the timed region. "
+        "CPU us/op: the client process's CPU per message or call, for each implementation."
     )
     return "\n".join(lines)
 

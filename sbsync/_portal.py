@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import concurrent.futures
 import contextvars
 import itertools
@@ -106,7 +107,7 @@ class _Call:
             self.finish(asyncio.CancelledError())
             return
         # create_task copies the current context: running it inside ctx hands the task a copy.
-        self.task = self._ctx.run(loop.create_task, self._run())
+        self.task = self._ctx.run(loop.create_task, self.run())
 
     def cancel(self) -> None:
         """Loop thread: cancel the task, or make sure it never starts."""
@@ -114,7 +115,9 @@ class _Call:
         if self.task is not None:
             self.task.cancel()
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        if self.finished:  # swept by a stopping loop before its first step
+            return
         try:
             self.result = await self._factory()
         except BaseException as exc:  # handed to the caller's thread, whatever it is
@@ -219,6 +222,8 @@ class Portal:
         self._thread_id: int | None = None
         self._accepting = False
         self._pending: set[_Call] = set()
+        self._inbox: collections.deque[_Call] = collections.deque()
+        self._wake_sent = False
         self._lock = threading.Lock()
         _PORTALS.add(self)
 
@@ -271,16 +276,9 @@ class Portal:
         self._schedule(loop, call)
         return future
 
-    def _call(self, factory: Callable[[], Awaitable[T]], timeout: float | None) -> T:
-        loop = self._ensure_loop()  # first: after a fork, a new thread may reuse the old loop thread's id
-        if threading.get_ident() == self._thread_id:
-            raise LoopThreadError(
-                "A blocking sbsync call was made from sbsync's own event-loop thread; it would "
-                "wait for itself forever. Make blocking calls from your own threads."
-            )
-        call = _Call(factory, self._pending)
-        self._schedule(loop, call)
-        timed_out = self._wait(loop, call, timeout)
+    def _join(self, call: _Call, timeout: float | None) -> Any:
+        """Block until ``call`` finishes; return or raise its outcome (see :meth:`call`)."""
+        timed_out = self._wait(call, timeout)
         error = call.error
         if error is None:
             return call.result
@@ -295,22 +293,50 @@ class Portal:
             error = None
             call.error = None
 
+    def _call(self, factory: Callable[[], Awaitable[T]], timeout: float | None) -> T:
+        loop = self._ensure_loop()  # first: after a fork, a new thread may reuse the old loop thread's id
+        if threading.get_ident() == self._thread_id:
+            raise LoopThreadError(
+                "A blocking sbsync call was made from sbsync's own event-loop thread; it would "
+                "wait for itself forever. Make blocking calls from your own threads."
+            )
+        call = _Call(factory, self._pending)
+        self._schedule(loop, call)
+        return self._join(call, timeout)
+
     def _schedule(self, loop: asyncio.AbstractEventLoop, call: _Call) -> None:
+        """Hand ``call`` to the loop from the caller's thread: into the inbox, with one
+        wake-up for every call handed over before the loop takes it (the task itself is
+        created on the loop thread, where asyncio expects it)."""
         # Register before checking `_accepting`: the loop thread clears it before sweeping
         # `_pending`, so either the sweep finishes this call or we see the flag.
         self._pending.add(call)
         try:
             if not self._accepting:
                 raise closed_error("client")
-            loop.call_soon_threadsafe(call.start, loop)
+            self._inbox.append(call)
+            # One wake-up per batch: callers arriving before the loop has taken the wake-up
+            # ride on the one already on its way (the loop clears the flag *before* it looks
+            # at what was handed over, and callers hand over *before* they read it).
+            if not self._wake_sent:
+                self._wake_sent = True
+                loop.call_soon_threadsafe(self._start_inbox, loop)
         except RuntimeError as exc:  # the loop closed under us
+            self._wake_sent = False
             self._pending.discard(call)
             raise closed_error("client") from exc
         except BaseException:
             self._pending.discard(call)
             raise
 
-    def _wait(self, loop: asyncio.AbstractEventLoop, call: _Call, timeout: float | None) -> bool:
+    def _start_inbox(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Loop thread: the wake-up; start every call handed over through the inbox, in order."""
+        self._wake_sent = False
+        inbox = self._inbox
+        while inbox:
+            inbox.popleft().start(loop)
+
+    def _wait(self, call: _Call, timeout: float | None) -> bool:
         """Block until ``call`` finishes; return True if it was cancelled for the timeout."""
         try:
             if timeout is None:
@@ -481,6 +507,8 @@ class Portal:
         self._thread_id = None
         self._accepting = False
         self._pending = set()
+        self._inbox = collections.deque()
+        self._wake_sent = False
         self._lock = threading.Lock()
         self.generation += 1
 
