@@ -23,11 +23,6 @@ def loop_threads() -> list[threading.Thread]:
 
 
 @pytest.fixture(scope="module")
-def emulator(servicebus_emulator: Emulator) -> Emulator:
-    return servicebus_emulator
-
-
-@pytest.fixture(scope="module")
 def conn_str(emulator: Emulator) -> str:
     return emulator.connection_string
 

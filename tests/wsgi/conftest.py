@@ -13,11 +13,6 @@ from sbsync.emulator import Emulator, EntityConfig
 
 
 @pytest.fixture(scope="module")
-def emulator(servicebus_emulator: Emulator) -> Emulator:
-    return servicebus_emulator
-
-
-@pytest.fixture(scope="module")
 def reader(emulator: Emulator) -> Iterator[sbsync.ServiceBusClient]:
     """The tests' own client for reading back (not the app's)."""
     with sbsync.ServiceBusClient.from_connection_string(emulator.connection_string) as client:
