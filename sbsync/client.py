@@ -279,7 +279,6 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
     ) -> ServiceBusSender:
         """A sender for a queue. The link opens on first use (or ``with``), or is a warm one
         a closed sender of this client left with the same arguments."""
-        self._reopen_if_closed()
         return self._sender("queue", queue_name, client_identifier, socket_timeout, kwargs)
 
     def get_topic_sender(
@@ -292,7 +291,6 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
     ) -> ServiceBusSender:
         """A sender for a topic. The link opens on first use (or ``with``), or is a warm one
         a closed sender of this client left with the same arguments."""
-        self._reopen_if_closed()
         return self._sender("topic", topic_name, client_identifier, socket_timeout, kwargs)
 
     def _sender(
@@ -303,6 +301,7 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         socket_timeout: float | None,
         kwargs: dict[str, Any],
     ) -> ServiceBusSender:
+        self._reopen_if_closed()
         key = link_key(kind, entity, client_identifier, socket_timeout, **kwargs)
 
         def build() -> Any:  # on the loop thread

@@ -92,6 +92,17 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
+def _put_updates(headers: dict[str, str], exists: bool, what: str) -> bool:
+    """Whether a PUT updates (``If-Match``) or creates; 404 for an update of nothing, 409 for a
+    create of what exists, as the service answers."""
+    updating = "if-match" in headers
+    if updating and not exists:
+        raise _HttpError(404, f"{what} was not found.")
+    if not updating and exists:
+        raise _HttpError(409, f"{what} already exists.")
+    return updating
+
+
 def _children(element: ET.Element) -> dict[str, ET.Element]:
     return {_local(child.tag): child for child in element}
 
@@ -256,11 +267,7 @@ class AdminApi:
         existing = self.broker.find(path)
         if existing is not None and existing.kind == "dlq":
             raise _HttpError(400, f"'{path}' is not a valid entity path.")
-        updating = "if-match" in headers
-        if updating and existing is None:
-            raise _HttpError(404, f"The messaging entity '{path}' was not found.")
-        if not updating and existing is not None:
-            raise _HttpError(409, f"The messaging entity '{path}' already exists.")
+        _put_updates(headers, existing is not None, f"The messaging entity '{path}'")
         if existing is not None and existing.kind != desc_kind:
             raise _HttpError(400, f"'{path}' is a {existing.kind}, not a {desc_kind}.")
         name = path.rsplit("/", 1)[-1] if desc_kind == "subscription" else path
@@ -392,11 +399,7 @@ class AdminApi:
         desc = self._description(body)
         if _local(desc.tag) != "RuleDescription":
             raise _HttpError(400, f"Unexpected {_local(desc.tag)} for a rule.")
-        updating = "if-match" in headers
-        if updating and index is None:
-            raise _HttpError(404, f"The rule '{name}' of '{sub.path}' was not found.")
-        if not updating and index is not None:
-            raise _HttpError(409, f"The rule '{name}' of '{sub.path}' already exists.")
+        updating = _put_updates(headers, index is not None, f"The rule '{name}' of '{sub.path}'")
         rule = self._rule(desc, name)
         if index is not None:
             sub.rules[index] = rule
