@@ -30,7 +30,8 @@ _LOGGER = logging.getLogger(__name__)
 SdkT = TypeVar("SdkT")
 R = TypeVar("R")
 
-#: Upper bound for closing one SDK object (the SDK itself takes ~0.5 s per link).
+#: Upper bound for closing one SDK object (milliseconds normally; ~0.5 s without the
+#: ``keep-alive-stop`` hook).
 CLOSE_TIMEOUT = 10.0
 
 

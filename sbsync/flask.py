@@ -38,7 +38,8 @@ Lifetime. ``init_app`` creates the app's :class:`sbsync.ServiceBusClient` (no ne
 links open on first use) and stores it in ``app.extensions["servicebus"]``. There is one client
 per app per process, never one per request; every thread shares it. Senders are cached too,
 one per queue or topic, opened on the first send and kept open, because opening an AMQP link
-costs about half a second while a send on an open link costs about a millisecond. The client
+is a handshake (a dozen frames and a token) while a send on an open link costs about a
+millisecond. The client
 and its senders are closed at interpreter exit (a gunicorn or uwsgi worker exiting) or by
 :meth:`ServiceBus.close`, e.g. at the end of a test.
 
@@ -298,7 +299,7 @@ class ServiceBus:
         While a worker holds the session the call retries (the SDK deems that retryable) until
         the session is free or ``timeout`` runs out, then raises ``SessionCannotBeLockedError``
         or ``OperationTimeoutError`` (a view may answer 409/503 with ``Retry-After``). Each
-        call opens a session link (about 0.5 s); its close runs in the background.
+        call opens a session link (a handshake: a few round trips); its close runs in the background.
         """
         state = self.state(app)
         receiver = self._session_receiver(state, session_id, queue_name, topic_name, subscription_name)

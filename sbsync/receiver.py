@@ -67,8 +67,7 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
 
     ``close()`` returns at once: the link's detach goes out on the loop straight away, so the
     broker releases the session and the unsettled message locks within milliseconds, while
-    the rest of the SDK's teardown (~0.5 s) runs in the background; ``client.close()`` waits
-    for it.
+    the rest of the SDK's teardown runs in the background; ``client.close()`` waits for it.
     """
 
     _kind = "receiver"

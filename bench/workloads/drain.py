@@ -90,7 +90,7 @@ class _Aio:
 
 
 def run(ctx: Context) -> list[Row]:
-    count = ctx.pick(600, 3000)
+    count = ctx.pick(200, 3000)
     conn = ctx.emulator.conn_str
     ctx.log(f"drain: {ctx.reps} reps x {count} messages of one session, receive + complete")
     filler = Filler(conn)

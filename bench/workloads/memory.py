@@ -101,7 +101,7 @@ def child(impl: str, conn_str: str, count: int) -> dict[str, Any]:
 
 
 def run(ctx: Context) -> list[Row]:
-    count = ctx.pick(20, 100)
+    count = ctx.pick(10, 100)
     ctx.log(f"memory: a fresh process per implementation, one client + {count} receivers")
     out: dict[str, dict[str, Any]] = {}
     for impl in IMPLS:

@@ -223,7 +223,7 @@ class _AioWorkers:
 
 
 def run(ctx: Context) -> list[Row]:
-    sessions, per_session = ctx.pick((10, 5), (SESSIONS, 10))
+    sessions, per_session = ctx.pick((6, 4), (SESSIONS, 10))
     worker_counts = ctx.pick((8,), (2, 8))
     reps = ctx.pick(1, min(2, ctx.reps))
     conn = ctx.emulator.conn_str

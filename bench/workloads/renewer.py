@@ -255,7 +255,7 @@ class _Sbsync:
 
 
 def run(ctx: Context) -> list[Row]:
-    locks, lock_duration, keep = ctx.pick((100, 2.0, 2.5), (1000, 10.0, 12.0))
+    locks, lock_duration, keep = ctx.pick((50, 2.0, 2.5), (1000, 10.0, 12.0))
     reps = 1  # a repetition is long (the locks kept for ``keep``) and yields ~2 renewals per lock
     ctx.log(
         f"renewer: {locks} locks of {lock_duration:.0f} s kept {keep:.0f} s, {reps} reps "

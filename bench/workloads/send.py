@@ -102,7 +102,7 @@ class _Aio:
 
 
 def run(ctx: Context) -> list[Row]:
-    single, batch = ctx.pick((200, 2000), (600, 5000))
+    single, batch = ctx.pick((60, 600), (600, 5000))
     conn = ctx.emulator.conn_str
     ctx.log(f"send: {ctx.reps} reps x ({single} single sends, {batch} messages in batches of {BATCH})")
     results = interleave(

@@ -240,7 +240,7 @@ class _Aio(_Kept):
 
 
 def run(ctx: Context) -> list[Row]:
-    total, reps = ctx.pick((256, 2), (1920, min(5, ctx.reps)))
+    total, reps = ctx.pick((128, 2), (1920, min(5, ctx.reps)))
     conn, port = ctx.emulator.conn_str, ctx.emulator.port
     rows = []
     kept: dict[str, _Kept] = {

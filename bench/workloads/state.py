@@ -97,7 +97,7 @@ def run(ctx: Context) -> list[Row]:
     # Each call is one request on the receiver's $management link, and the SDK (pyamqp, sync
     # and aio) grants that link 10,000 credits once and never tops them up: the emulator
     # then stops answering and call 10,001 hangs (aio) or times out (sync). Stay below it.
-    calls = ctx.pick(150, 600)
+    calls = ctx.pick(50, 600)
     assert 2 * calls * ctx.reps + WARMUP < MGMT_CREDIT, "too many calls for one link"
     conn = ctx.emulator.conn_str
     ctx.log(f"session_state: {ctx.reps} reps x {calls} get_state + {calls} set_state calls")

@@ -14,6 +14,6 @@ worker_class = "gthread"
 threads = int(os.environ.get("ORDERS_THREADS", "4"))
 # Sends block a thread for about a millisecond; a view waits at most SERVICEBUS_TIMEOUT (10 s).
 timeout = 30
-# On SIGTERM, requests in flight may finish; sbsync then closes its links (~0.5 s).
+# On SIGTERM, requests in flight may finish; sbsync then closes its links (milliseconds).
 graceful_timeout = 10
 preload_app = os.environ.get("ORDERS_PRELOAD", "1") == "1"

@@ -1,5 +1,6 @@
-"""Patch points on one SDK sender/receiver: link lifecycle logs, a socket fix, management credit,
-and the socket read timeout lowered while settling (hooks ``link-log``, ``close-socket``,
+"""Patch points on one SDK sender/receiver: link lifecycle logs, link opens and closes without
+the SDK's idle waits, a socket fix, management credit, and the socket read timeout lowered while
+settling (hooks ``link-log``, ``link-open``, ``keep-alive-stop``, ``close-socket``,
 ``mgmt-credit``, ``settle-socket-timeout``; see :mod:`._hooks`).
 
 The aio SDK opens a link lazily inside whichever operation comes first, and after a
@@ -12,11 +13,13 @@ link supplied with credit, which the SDK grants once and never renews.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable
 from typing import Any, Callable
 
+from . import _private
 from ._hooks import available, report_missing
 from ._state import link_running
 
@@ -38,8 +41,10 @@ def instrument(sdk: Any, label: str) -> None:
     setattr(sdk, _MARK, True)
     if available("link-log") and hasattr(sdk, "_open"):  # a client has none of these
         _log_opens(sdk, label)
-    if available("close-socket") and hasattr(sdk, "_close_handler"):
-        _close_socket_after_handler(sdk, label)
+    if available("link-open") and hasattr(sdk, "_create_handler"):
+        _open_without_polling(sdk)
+    if (available("close-socket") or available("keep-alive-stop")) and hasattr(sdk, "_close_handler"):
+        _wrap_close_handler(sdk, label)
     if available("mgmt-credit") and hasattr(sdk, "_mgmt_request_response"):
         _renew_management_credit(sdk, label)
 
@@ -65,8 +70,56 @@ def _log_opens(sdk: Any, label: str) -> None:
     sdk._open = open_and_log
 
 
-def _close_socket_after_handler(sdk: Any, label: str) -> None:
-    """Make the SDK object's handler teardown log itself and also close its socket.
+#: Readiness checks made back to back before the SDK's own 50 ms sleep: more than a link
+#: handshake has frames, so the SDK sleeps only if the broker is slow to answer.
+READY_CHECKS = 16
+
+
+def _open_without_polling(sdk: Any) -> None:
+    """Make the SDK object's link opens read the handshake as fast as the broker answers.
+
+    The SDK opens a link by calling ``client_ready_async()`` until it is true, sleeping 50 ms
+    between calls, and each call reads at most one frame (waiting for it up to the socket read
+    timeout): the ~9 frames of connection, CBS and link set-up take ~0.45 s on any network.
+    The wrapper makes one call check readiness up to :data:`READY_CHECKS` times; the SDK's
+    deadline (it wraps the call) still bounds it.
+    """
+    create_handler = sdk._create_handler
+
+    def create_handler_and_hook(*args: Any, **kwargs: Any) -> None:
+        create_handler(*args, **kwargs)
+        handler = getattr(sdk, "_handler", None)
+        if not isinstance(handler, _private.AMQPClientAsync):
+            return
+        ready = handler.client_ready_async
+
+        async def ready_without_polling() -> bool:
+            for _ in range(READY_CHECKS):
+                if await ready():
+                    return True
+            return False
+
+        handler.client_ready_async = ready_without_polling
+
+    sdk._create_handler = create_handler_and_hook
+
+
+def _stop_keep_alive(handler: Any) -> None:
+    """pyamqp's ``close_async`` ends by awaiting its keep-alive task, which looks for the
+    shutdown once a second: a close would wait ~0.5 s on average for nothing. The task is
+    cancelled instead and forgotten, so the close does not await it. If the task is in the
+    middle of a read, that read is shielded and ends by itself."""
+    task = getattr(handler, "_keep_alive_thread", None)
+    if isinstance(task, asyncio.Future):
+        handler._keep_alive_thread = None
+        task.cancel()
+    elif handler is not None and not hasattr(handler, "_keep_alive_thread"):
+        report_missing("keep-alive-stop", ": the handler has no _keep_alive_thread")
+
+
+def _wrap_close_handler(sdk: Any, label: str) -> None:
+    """Make the SDK object's handler teardown log itself, skip the keep-alive wait
+    (:func:`_stop_keep_alive`) and close its socket.
 
     After a connection error the SDK tears its handler down with the AMQP connection already
     in state END, and pyamqp's disconnect then skips closing the transport: the socket stays
@@ -79,19 +132,26 @@ def _close_socket_after_handler(sdk: Any, label: str) -> None:
     async def close_handler_and_socket() -> None:
         handler = getattr(sdk, "_handler", None)
         connection = getattr(handler, "_connection", None)
+        if available("keep-alive-stop"):
+            _stop_keep_alive(handler)
         try:
             await close_handler()
         finally:
-            transport = getattr(connection, "_transport", None)
-            writer = getattr(transport, "writer", None)
-            if writer is not None:
-                writer.close()
-            elif connection is not None and transport is None and not hasattr(connection, "_transport"):
-                report_missing("close-socket", ": the connection has no _transport")
+            if available("close-socket"):
+                _close_socket(connection)
             if handler is not None:
                 _LOGGER.debug("%s closed", label)
 
     sdk._close_handler = close_handler_and_socket
+
+
+def _close_socket(connection: Any) -> None:
+    transport = getattr(connection, "_transport", None)
+    writer = getattr(transport, "writer", None)
+    if writer is not None:
+        writer.close()
+    elif connection is not None and transport is None and not hasattr(connection, "_transport"):
+        report_missing("close-socket", ": the connection has no _transport")
 
 
 def _renew_management_credit(sdk: Any, label: str) -> None:

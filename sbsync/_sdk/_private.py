@@ -20,14 +20,16 @@ try:
 except ImportError:  # pragma: no cover
     encode_payload = None
 
-# pyamqp's aio client and connection, which hold the socket read timeout (settle-socket-timeout).
+# pyamqp's aio clients and connection: the socket read timeout (settle-socket-timeout), the
+# readiness check polled while a link opens (link-open) and the keep-alive task (keep-alive-stop).
+AMQPClientAsync: Any
 ReceiveClientAsync: Any
 ConnectionAsync: Any
 try:
+    from azure.servicebus._pyamqp.aio import AMQPClientAsync, ReceiveClientAsync
     from azure.servicebus._pyamqp.aio import Connection as ConnectionAsync
-    from azure.servicebus._pyamqp.aio import ReceiveClientAsync
 except ImportError:  # pragma: no cover
-    ReceiveClientAsync = ConnectionAsync = None
+    AMQPClientAsync = ReceiveClientAsync = ConnectionAsync = None
 
 # The renew-lock reply's expiry key, and the SDK's conversion of it (batch-lock-renewal).
 MGMT_RESPONSE_MESSAGE_EXPIRATION: Any

@@ -50,6 +50,30 @@ def test_sender_per_request_reuses_one_link_and_logs_its_lifecycle(conn_str, que
     assert f"{link} closed" in log  # by client.close()
 
 
+def test_links_open_and_close_at_the_brokers_pace_not_the_sdks(conn_str, queue, session_queue):
+    """The SDK paces a link open at 50 ms per handshake frame (>= 0.45 s) and makes a close wait
+    for its keep-alive task's next tick (~0.5-1 s right after an open): 8 cycles would take
+    >= 7 s. sbsync (hooks link-open, keep-alive-stop) needs milliseconds for each."""
+    cycles = 4
+    started = time.monotonic()
+    for i in range(cycles):
+        client = sbsync.ServiceBusClient.from_connection_string(conn_str, sender_idle_timeout=0)
+        with client.get_queue_sender(queue) as sender:
+            sender.send_messages(ServiceBusMessage(f"m{i}"))
+        client.close()
+        with sbsync.ServiceBusClient.from_connection_string(conn_str) as client:
+            with client.get_queue_sender(session_queue) as sender:
+                sender.send_messages(ServiceBusMessage(f"s{i}", session_id="s"))
+            with client.get_queue_receiver(session_queue, session_id="s", max_wait_time=5) as receiver:
+                (message,) = receiver.receive_messages(1, max_wait_time=5)
+                receiver.complete_message(message)
+                assert str(message) == f"s{i}"
+    took = time.monotonic() - started
+    assert took < 3.0, f"{2 * cycles} clients took {took:.1f} s to open and close their links"
+    with sbsync.ServiceBusClient.from_connection_string(conn_str) as client:
+        assert sorted(_drain(client, queue)) == [f"m{i}" for i in range(cycles)]
+
+
 def test_an_idle_parked_link_is_closed_after_sender_idle_timeout(conn_str, queue, caplog):
     caplog.set_level(logging.DEBUG, logger=LINKS_LOGGER)
     with sbsync.ServiceBusClient.from_connection_string(conn_str, sender_idle_timeout=0.5) as client:

@@ -8,11 +8,14 @@ runs in the workers: sbsync must notice the fork by itself (the process id).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,6 +75,7 @@ class Uwsgi(Server):
         self.touch_file = tmp_path / "reload.touch"
         self.touch_file.touch()
         port = free_port()
+        self.stats_port = free_port()
         command = [
             str(UWSGI),
             "--master",
@@ -83,6 +87,7 @@ class Uwsgi(Server):
             "--touch-reload", str(self.touch_file),
             "--worker-reload-mercy", "10",
             "--disable-logging",  # no line per request
+            "--stats", f"127.0.0.1:{self.stats_port}",  # for wait_idle()
             *MODES[mode],
         ]
         super().__init__(command, env, tmp_path / "uwsgi.log", APP_DIR, port)
@@ -90,6 +95,21 @@ class Uwsgi(Server):
     def worker_pids(self) -> list[int]:
         """Every worker spawned so far, in order."""
         return [int(pid) for pid in re.findall(r"spawned uWSGI worker \d+ \(pid: (\d+)", self.log())]
+
+    def wait_idle(self, timeout: float = 30) -> None:
+        """Until the stats server reports every worker idle. uWSGI skips a worker's atexit hooks
+        (the app's ``client.close()``) if the worker is busy when told to exit, and a worker
+        still counts as busy for a moment after its last response went out: a signal sent then
+        would make a worker skip the close these tests look for."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with socket.create_connection(("127.0.0.1", self.stats_port), timeout=5) as sock:
+                raw = b"".join(iter(lambda: sock.recv(65536), b""))
+            statuses = [worker["status"] for worker in json.loads(raw)["workers"]]
+            if all(status == "idle" for status in statuses):
+                return
+            assert time.monotonic() < deadline, (statuses, self.log())
+            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -135,6 +155,7 @@ def test_orders_under_uwsgi(
     seqs = FIRST
     reload = RELOADS.get(mode)
     if reload is not None:
+        server.wait_idle()
         if reload == "SIGTERM":
             server.proc.send_signal(signal.SIGTERM)
         else:
@@ -147,6 +168,7 @@ def test_orders_under_uwsgi(
         seqs = range(FIRST.start, SECOND.stop)
 
     # SIGINT: uWSGI stops, each worker closing its client first.
+    server.wait_idle()
     took = server.stop(signal.SIGINT, 30)
     log = server.log()
     print(f"[{label}] SIGINT to exit: {took:.2f} s")
