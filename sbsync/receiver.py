@@ -17,8 +17,10 @@ from ._lost_locks import raise_if_lock_lost
 from ._sdk import (
     SettleTimeouts,
     is_deferred,
+    is_handler_failure,
     link_running,
     link_shut_down,
+    mark_session_lock_lost,
     require_deferred_lock_token,
     sdk_session,
     session_lock_lost,
@@ -271,15 +273,26 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
 
     def _lost_with_link(self, operation: str, cause: BaseException | None = None) -> ServiceBusError | None:
         """The error ``operation`` must end with once the SDK has closed this receiver's link
-        after a connection error: a session is gone for good, and so is the lock of any message
-        received on that link. None if the operation may still succeed (a receive reconnects)."""
+        after a connection error, or after a failure on a link the broker had detached: a
+        session is gone for good, and so is the lock of any message received on that link.
+        None if the operation may still succeed (a receive reconnects)."""
         sdk = self._peek()
         if sdk is None or link_shut_down(sdk):
             return None
         session = sdk_session(sdk)
         if session is not None:
             if not session_lock_lost(session):
-                return None
+                if cause is None or not is_handler_failure(cause) or link_running(sdk):
+                    return None
+                # The SDK marks the session lost after a connection error only; a session lock
+                # is bound to its link whatever closed it, so mark it here too: every later
+                # call raises SessionLockLostError instead of silently accepting the session anew.
+                mark_session_lock_lost(session)
+                return SessionLockLostError(
+                    message="The session's link was closed (the broker detached it), and the session lock "
+                    "with it. Accept the session again with a new receiver.",
+                    error=cause,
+                )
             return SessionLockLostError(
                 message="The connection was lost, and the session lock with it. "
                 "Accept the session again with a new receiver.",
@@ -287,7 +300,8 @@ class ServiceBusReceiver(Handle[AsyncServiceBusReceiver]):
             )
         if operation in _MESSAGE_LOCK_OPERATIONS and not link_running(sdk):
             return MessageLockLostError(
-                message="The connection was lost, and the message lock with it. Receive the message again.",
+                message="The link was lost (a dropped connection or a detach by the broker), and the message "
+                "lock with it. Receive the message again.",
                 error=cause,
             )
         return None

@@ -18,7 +18,7 @@ from azure.servicebus import ServiceBusMessageBatch
 
 from ._batch import fill
 from ._compat import require_deferred_lock_token, require_session_listing
-from ._errors import explain_auth_error, is_shutdown_error, map_sdk_errors
+from ._errors import explain_auth_error, is_handler_failure, is_shutdown_error, map_sdk_errors
 from ._hooks import (
     HOOKS,
     SDK_VERSION,
@@ -60,6 +60,7 @@ __all__ = [
     "install_log_filter",
     "instrument",
     "is_deferred",
+    "is_handler_failure",
     "is_shutdown_error",
     "link_reusable",
     "link_running",

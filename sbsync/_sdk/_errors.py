@@ -3,10 +3,10 @@
 Like httpx's ``map_httpcore_exceptions``: :func:`map_sdk_errors` wraps every facade call
 (``Handle._attempts``), retries included, and turns
 
-- the SDK's "handler has already been shutdown" ``ValueError``, or a connection error, on a
-  link that a connection error took down, into ``MessageLockLostError`` /
-  ``SessionLockLostError`` (the lock went with the link: one error type for "this lock is
-  gone", whatever took it);
+- the SDK's "handler has already been shutdown" ``ValueError``, a connection error, or its
+  "Handler failed" error for a link it then tore down (a settlement on a link the broker had
+  detached), on a link that is gone, into ``MessageLockLostError`` / ``SessionLockLostError``
+  (the lock went with the link: one error type for "this lock is gone", whatever took it);
 - an authentication error the SDK could not describe into one that says what to check.
 
 Everything else passes through unchanged: sbsync raises the SDK's own exception types.
@@ -27,7 +27,7 @@ from azure.servicebus.exceptions import (
 from ..exceptions import ClientClosedError
 from ._hooks import available, probe, shutdown_patterns
 
-__all__ = ["explain_auth_error", "is_shutdown_error", "map_sdk_errors"]
+__all__ = ["explain_auth_error", "is_handler_failure", "is_shutdown_error", "map_sdk_errors"]
 
 #: The SDK's text for an error it could not describe (its CBS mapping drops the broker's
 #: "401 Unauthorized" description, so a wrong key reads like this).
@@ -54,6 +54,13 @@ def is_shutdown_error(exc: BaseException) -> bool:
     return any(pattern.match(text) for pattern in shutdown_patterns(probe()))
 
 
+def is_handler_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the SDK's catch-all for an unexpected error below it (``"Handler
+    failed: ..."``, a plain ServiceBusError around pyamqp's ValueError, e.g. "Link already
+    closed."), after which the SDK tears its handler down."""
+    return type(exc) is ServiceBusError and isinstance(exc.inner_exception, ValueError)
+
+
 @contextlib.contextmanager
 def map_sdk_errors(
     subject: str, lost_with_link: Callable[[BaseException], ServiceBusError | None]
@@ -70,8 +77,12 @@ def map_sdk_errors(
         if explained is exc:
             raise
         raise explained from exc
-    except (ServiceBusConnectionError, ValueError) as exc:
+    except (ServiceBusError, ValueError) as exc:
         if isinstance(exc, ValueError) and not is_shutdown_error(exc):
+            raise
+        if isinstance(exc, ServiceBusError) and not (
+            isinstance(exc, ServiceBusConnectionError) or is_handler_failure(exc)
+        ):
             raise
         lost = lost_with_link(exc)
         if lost is None:

@@ -7,7 +7,11 @@ import time
 
 import pytest
 from azure.servicebus import ServiceBusMessage
-from azure.servicebus.exceptions import MessageAlreadySettled, MessageLockLostError
+from azure.servicebus.exceptions import (
+    MessageAlreadySettled,
+    MessageLockLostError,
+    SessionLockLostError,
+)
 
 import sbsync
 
@@ -45,3 +49,31 @@ def test_a_settlement_that_returned_is_applied(client, emulator, queue):
             with pytest.raises(MessageAlreadySettled):
                 receiver.complete_message(message)
         assert emulator.stats(queue).active == 0 and emulator.stats(queue).locked == 0
+
+
+@pytest.mark.parametrize("noticed_by", ["settlement", "renewal", "peek"])
+def test_a_session_link_the_broker_detached_ends_the_session_for_good(client, emulator, session_queue, noticed_by):
+    """A session lock is bound to its link: once the broker takes it (and detaches the link),
+    settling raises SessionLockLostError however the SDK learnt of the detach, and so does
+    every later call; the receiver never quietly accepts the session anew."""
+    with client.get_queue_sender(session_queue) as sender:
+        sender.send_messages([ServiceBusMessage(f"m{i}", session_id="S") for i in range(2)])
+    with client.get_queue_receiver(session_queue, session_id="S") as receiver:
+        first, _ = receiver.receive_messages(2, max_wait_time=5)
+        emulator.faults.expire_session_lock(session_queue, "S")
+        # A management call's reply comes after the detach: the SDK reads both, and closes the
+        # link without (peek) or with (renewal: refused) marking the session lost.
+        if noticed_by == "renewal":
+            with pytest.raises(SessionLockLostError):
+                receiver.session.renew_lock()
+        elif noticed_by == "peek":
+            receiver.peek_messages(1)
+        with pytest.raises(SessionLockLostError):
+            receiver.complete_message(first)
+        with pytest.raises(SessionLockLostError):
+            receiver.receive_messages(1, max_wait_time=1)
+    with client.get_queue_receiver(session_queue, session_id="S") as again:
+        redelivered = again.receive_messages(2, max_wait_time=5)
+        assert [str(m) for m in redelivered] == ["m0", "m1"]
+        for message in redelivered:
+            again.complete_message(message)
