@@ -123,6 +123,10 @@ class ServiceBusClient(Handle[AsyncServiceBusClient]):
         if self._abandon is not None:
             self._abandon.detach()  # the previous loop is stopped already
         self._abandon = weakref.finalize(self, self._portal.abandon)
+        # At interpreter exit the portal's own atexit hook stops the loop, calls in flight
+        # frozen rather than failed; this finalizer (run by weakref's atexit hook, which runs
+        # first) would fail them with ClientClosedError tracebacks in the threads still waiting.
+        self._abandon.atexit = False
         self._lifecycle = Lifecycle.OPEN
         self._build_now()
 

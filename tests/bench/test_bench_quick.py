@@ -49,6 +49,7 @@ NAMED_ROWS = (
     "shared_sender.threads_16",
     "shared_sender.threads_64",
     "per_request.open_send_close",
+    "per_request.session_state",
     "renewer.lateness",
     "renewer.idle_cpu",
 )
