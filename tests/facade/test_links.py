@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -153,9 +154,23 @@ def test_client_close_waits_for_a_receiver_closing_in_the_background(conn_str, q
     receiver = client.get_queue_receiver(queue)
     receiver.peek_messages(1)  # opens the link
     sdk_receiver = receiver._sdk_obj
+    # The SDK's teardown takes milliseconds here; hold it until released, as a slow network would.
+    release = threading.Event()
+    close_handler = sdk_receiver._close_handler
+
+    async def slow_close_handler():
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        await close_handler()
+
+    sdk_receiver._close_handler = slow_close_handler
+    started = time.monotonic()
     receiver.close()
-    assert sdk_receiver._running  # still closing: close() did not wait for the SDK
+    assert time.monotonic() - started < 0.5  # close() did not wait for the SDK's teardown
+    assert sdk_receiver._running  # which is still going on
+    threading.Timer(0.3, release.set).start()
     client.close()
+    assert release.is_set()  # client.close() waited for it
     assert not sdk_receiver._running and sdk_receiver._handler is None
 
 
