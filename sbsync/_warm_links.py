@@ -3,10 +3,10 @@
 Opening an SDK sender is a handshake of a dozen frames and a token (~0.5 s at the SDK's own
 pace, a few network round trips at sbsync's: the ``link-open`` hook), so code that opens a
 sender per request (``with client.get_queue_sender(q) as s: s.send_messages(m)``) would pay
-a handshake per request. ``sender.close()`` instead parks the healthy, idle
-link; the next ``get_queue_sender`` with the same arguments takes it over. A link parked for
-longer than the client's ``sender_idle_timeout`` is closed, and ``client.close()`` closes
-everything parked. Receivers are never parked: they hold locks, credit and buffered messages.
+a handshake per request. ``sender.close()`` instead parks the healthy, idle link; the next
+``get_queue_sender`` with the same arguments takes it over. A link parked for longer than the
+client's ``sender_idle_timeout`` is closed, and ``client.close()`` closes everything parked.
+Receivers are never parked: they hold locks, credit and buffered messages.
 """
 
 from __future__ import annotations

@@ -39,9 +39,8 @@ links open on first use) and stores it in ``app.extensions["servicebus"]``. Ther
 per app per process, never one per request; every thread shares it. Senders are cached too,
 one per queue or topic, opened on the first send and kept open, because opening an AMQP link
 is a handshake (a dozen frames and a token) while a send on an open link costs about a
-millisecond. The client
-and its senders are closed at interpreter exit (a gunicorn or uwsgi worker exiting) or by
-:meth:`ServiceBus.close`, e.g. at the end of a test.
+millisecond. The client and its senders are closed at interpreter exit (a gunicorn or uwsgi
+worker exiting) or by :meth:`ServiceBus.close`, e.g. at the end of a test.
 
 Forking servers. sbsync clients are fork-safe: a client created in the parent (gunicorn
 ``--preload``, uwsgi without ``lazy-apps``) works in every forked worker, which starts its own

@@ -53,8 +53,9 @@ def test_sender_per_request_reuses_one_link_and_logs_its_lifecycle(conn_str, que
 
 def test_links_open_and_close_at_the_brokers_pace_not_the_sdks(conn_str, queue, session_queue):
     """The SDK paces a link open at 50 ms per handshake frame (>= 0.45 s) and makes a close wait
-    for its keep-alive task's next tick (~0.5-1 s right after an open): 8 cycles would take
-    >= 7 s. sbsync (hooks link-open, keep-alive-stop) needs milliseconds for each."""
+    for its keep-alive task's next tick (~0.5-1 s right after an open): these 4 cycles (12 links
+    opened, 8 clients closed) would take over 9 s. sbsync (hooks link-open, keep-alive-stop)
+    takes ~0.2 s a cycle here."""
     cycles = 4
     started = time.monotonic()
     for i in range(cycles):
