@@ -78,13 +78,15 @@ def map_sdk_errors(
             raise
         raise explained from exc
     except (ServiceBusError, ValueError) as exc:
-        if isinstance(exc, ValueError) and not is_shutdown_error(exc):
-            raise
-        if isinstance(exc, ServiceBusError) and not (
-            isinstance(exc, ServiceBusConnectionError) or is_handler_failure(exc)
-        ):
-            raise
-        lost = lost_with_link(exc)
+        lost = lost_with_link(exc) if _may_have_taken_the_link(exc) else None
         if lost is None:
             raise
         raise lost from exc
+
+
+def _may_have_taken_the_link(exc: ServiceBusError | ValueError) -> bool:
+    """The errors after which the SDK's link may be gone: a refusal on a shut-down handler, a
+    connection error, or the SDK's catch-all after which it tears its handler down."""
+    if isinstance(exc, ValueError):
+        return is_shutdown_error(exc)
+    return isinstance(exc, ServiceBusConnectionError) or is_handler_failure(exc)

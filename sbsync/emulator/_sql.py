@@ -234,27 +234,17 @@ def _not(p: Pred) -> Pred:
     return f
 
 
-def _and(a: Pred, b: Pred) -> Pred:
+def _junction(a: Pred, b: Pred, decisive: bool) -> Pred:
+    """AND (``decisive`` False) or OR (True) in three-valued logic: either side's decisive value
+    decides; otherwise unknown if either side is, else the other value."""
     def f(v: View) -> bool | None:
         x = _bool(a(v))
-        if x is False:
-            return False
+        if x is decisive:
+            return decisive
         y = _bool(b(v))
-        if y is False:
-            return False
-        return None if x is None or y is None else True
-    return f
-
-
-def _or(a: Pred, b: Pred) -> Pred:
-    def f(v: View) -> bool | None:
-        x = _bool(a(v))
-        if x is True:
-            return True
-        y = _bool(b(v))
-        if y is True:
-            return True
-        return None if x is None or y is None else False
+        if y is decisive:
+            return decisive
+        return None if x is None or y is None else not decisive
     return f
 
 
@@ -330,14 +320,14 @@ class _Parser:
         left = self.conjunction()
         while self.is_kw("or"):
             self.i += 1
-            left = _or(left, self.conjunction())
+            left = _junction(left, self.conjunction(), True)
         return left
 
     def conjunction(self) -> Pred:
         left = self.negation()
         while self.is_kw("and"):
             self.i += 1
-            left = _and(left, self.negation())
+            left = _junction(left, self.negation(), False)
         return left
 
     def negation(self) -> Pred:
