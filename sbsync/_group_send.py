@@ -29,7 +29,9 @@ from typing import Any
 
 from azure.servicebus import ServiceBusMessage
 
+from ._portal import Waiter
 from ._sdk import fill_batch, now_ns, record_send_span, tracing_enabled
+from .exceptions import closed_error
 
 __all__ = ["SendGroup", "groupable"]
 
@@ -60,15 +62,9 @@ def _own_copy(exc: BaseException) -> BaseException:
 
 def _settle(entries: list[_Entry], error: BaseException | None) -> None:
     """Give each entry's caller the outcome of its transfer (its own copy of an error)."""
+    shared = len(entries) > 1
     for entry in entries:
-        if entry.future.done():
-            continue
-        if error is None:
-            entry.future.set_result(None)
-        elif isinstance(error, asyncio.CancelledError):
-            entry.future.cancel()
-        else:
-            entry.future.set_exception(_own_copy(error) if len(entries) > 1 else error)
+        entry.settle(_own_copy(error) if shared and isinstance(error, Exception) else error)
 
 
 def _trace_others(sdk: Any, taken: list[_Entry], started: int, error: BaseException | None) -> None:
@@ -79,14 +75,41 @@ def _trace_others(sdk: Any, taken: list[_Entry], started: int, error: BaseExcept
 
 
 class _Entry:
-    __slots__ = ("context", "future", "key", "message")
+    """One caller's message in the group, and how its caller learns the outcome: the future
+    its task awaits, or the :class:`~sbsync._portal.Waiter` its thread blocks on."""
 
-    def __init__(self, message: ServiceBusMessage, future: asyncio.Future[None]) -> None:
+    __slots__ = ("context", "future", "key", "message", "waiter")
+
+    def __init__(
+        self, message: ServiceBusMessage, future: asyncio.Future[None] | None = None, waiter: Waiter | None = None
+    ) -> None:
         self.message = message
         self.key = (message.session_id, message.partition_key)
         self.future = future
-        # The caller's (its task runs in a copy of the caller thread's context): for tracing.
-        self.context = contextvars.copy_context()
+        self.waiter = waiter
+        # The caller's, for tracing: a task runs in a copy of its caller thread's context, and a
+        # waiter carries a copy of its own.
+        self.context = waiter.context if waiter is not None else contextvars.copy_context()
+
+    def settle(self, error: BaseException | None) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            if isinstance(error, asyncio.CancelledError):
+                # The flusher was cancelled: the sender is closing (a caller who gives up is
+                # taken out by Waiter.cancel, never through here).
+                error = closed_error("sender", during_call=True)
+            waiter.finish(error)
+            return
+        future = self.future
+        assert future is not None
+        if future.done():
+            return
+        if error is None:
+            future.set_result(None)
+        elif isinstance(error, asyncio.CancelledError):
+            future.cancel()
+        else:
+            future.set_exception(error)
 
 
 def _fill_in_callers_contexts(batch: Any, entries: list[_Entry]) -> int:
@@ -119,18 +142,34 @@ class SendGroup:
         if not self._inline and not self._queue and not self._flushing() and not lane.locked():
             await self._send_inline(sdk, message, lane)
             return
-        entry = _Entry(message, asyncio.get_running_loop().create_future())
-        self._queue.append(entry)
-        if not self._inline and not self._flushing():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush(sdk, lane))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = _Entry(message, future=future)
+        self._enqueue(sdk, entry, lane)
         try:
             # Not shielded, and need not be: cancelling this task cancels only the entry's own
             # future, never the flusher's transfer that may carry other callers' messages.
-            await entry.future
+            await future
         except asyncio.CancelledError:
             if entry in self._queue:
                 self._queue.remove(entry)  # not taken yet: it must not go out after its caller gave up
             raise
+
+    def enlist(self, sdk: Any, message: ServiceBusMessage, waiter: Waiter, lane: asyncio.Lock) -> None:
+        """Loop thread: queue ``message`` for a caller blocked on ``waiter`` in its own thread
+        (no task of its own); the transfer carrying it finishes the waiter."""
+        self._enqueue(sdk, _Entry(message, waiter=waiter), lane)
+
+    def leave(self, waiter: Waiter) -> None:
+        """Loop thread: ``waiter``'s caller gave up; if its message is still queued, it stays unsent."""
+        for entry in self._queue:
+            if entry.waiter is waiter:
+                self._queue.remove(entry)
+                return
+
+    def _enqueue(self, sdk: Any, entry: _Entry, lane: asyncio.Lock) -> None:
+        self._queue.append(entry)
+        if not self._inline and not self._flushing():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush(sdk, lane))
 
     async def _send_inline(self, sdk: Any, message: ServiceBusMessage, lane: asyncio.Lock) -> None:
         """The idle case: this caller's task sends its message itself, holding the lane."""
@@ -153,11 +192,14 @@ class SendGroup:
         return bool(self._queue) or self._inline or self._flushing()
 
     def cancel(self) -> None:
-        """Loop thread: stop the flusher (the sender is closing)."""
+        """Loop thread: stop the flusher and end every queued caller's wait (the sender is closing)."""
         flusher = self._flusher
         # After a fork the flusher may be the parent's, on a loop that no longer runs here.
         if flusher is not None and flusher.get_loop() is asyncio.get_running_loop():
             flusher.cancel()
+        queued, self._queue = list(self._queue), deque()
+        for entry in queued:
+            entry.settle(asyncio.CancelledError())
 
     async def _flush(self, sdk: Any, lane: asyncio.Lock) -> None:
         while self._queue:

@@ -178,27 +178,41 @@ class Handle(Generic[SdkT]):
             self._inflight.discard(task)
 
     async def _attempts(
-        self, operation: str, fn: Callable[[SdkT], Awaitable[R]], lane: str | None, policy: RetryPolicy | None
+        self,
+        operation: str,
+        fn: Callable[[SdkT], Awaitable[R]],
+        lane: str | None,
+        policy: RetryPolicy | None,
+        first_attempt: tuple[Exception, float] | None = None,
     ) -> R:
         """Loop thread: :meth:`_invoke` under the retry policy, the one place attempts are counted;
         what the SDK raises is mapped to sbsync's errors (``_sdk.map_sdk_errors``)."""
         subject = self._entity or getattr(self, "_namespace", None) or self._kind
         with map_sdk_errors(subject, lambda cause: self._lost_with_link(operation, cause)):
-            return await self._retried(operation, fn, lane, policy)
+            return await self._retried(operation, fn, lane, policy, first_attempt)
 
     async def _retried(
-        self, operation: str, fn: Callable[[SdkT], Awaitable[R]], lane: str | None, policy: RetryPolicy | None
+        self,
+        operation: str,
+        fn: Callable[[SdkT], Awaitable[R]],
+        lane: str | None,
+        policy: RetryPolicy | None,
+        first_attempt: tuple[Exception, float] | None,
     ) -> R:
         """Each attempt takes its lane anew, so a backoff wait never holds up the lane. The first
         attempt runs bare: building the retry machinery costs ~70 us, more than the thread hop
         itself, so it is engaged only once an attempt has failed; that failure is replayed to
         it as attempt 1, and the policy's deadline shrinks by the time attempt 1 took.
+        ``first_attempt`` (its failure, and when it started) is one made elsewhere.
         """
-        started = time.monotonic()
-        try:
-            return await self._invoke(operation, fn, lane)
-        except Exception as exc:
-            failure = exc
+        if first_attempt is None:
+            started = time.monotonic()
+            try:
+                return await self._invoke(operation, fn, lane)
+            except Exception as exc:
+                failure = exc
+        else:
+            failure, started = first_attempt
         policy = policy or self._retry_policy
         if policy.deadline is not None:
             left = policy.deadline - (time.monotonic() - started)
@@ -279,19 +293,23 @@ class Handle(Generic[SdkT]):
         timeout: float | None = None,
         lane: str | None = "link",
         policy: RetryPolicy | None = None,
+        first_attempt: tuple[Exception, float] | None = None,
     ) -> R:
         """Block until ``fn(sdk)`` has run on the loop; the single way facade methods reach the SDK.
 
         ``operation`` names the SDK method, for logs and for a retry policy wrapped around
         :meth:`_invoke`. ``timeout`` (seconds) cancels the call on the loop when it expires,
         retries included. ``policy`` overrides the client's retry policy for this call.
-        ``lane``: see :meth:`_invoke`.
+        ``lane``: see :meth:`_invoke`. ``first_attempt``: an attempt already made another way
+        (its failure and ``time.monotonic()`` at its start), counted as attempt 1.
         """
         if self._is_closed():
             freeze_if_exiting()
             raise closed_error(self._kind)
         check_timeout(timeout)
-        return self._portal.call(lambda: self._attempts(operation, fn, lane, policy), timeout=timeout)
+        return self._portal.call(
+            lambda: self._attempts(operation, fn, lane, policy, first_attempt), timeout=timeout
+        )
 
     def _submit(
         self, operation: str, fn: Callable[[SdkT], Awaitable[R]], *, lane: str | None = "link", policy: RetryPolicy | None = None

@@ -8,7 +8,9 @@ The hop is kept cheap on purpose (it is paid on every SDK call): the caller sche
 callback with ``call_soon_threadsafe``; that callback creates the task directly, and the task
 itself stores the outcome and releases a pre-acquired ``threading.Lock`` the caller is
 blocked on. No ``concurrent.futures`` machinery, no condition variables, no extra loop
-iteration for done-callbacks.
+iteration for done-callbacks. :meth:`Portal.enlist` goes further for work that already has an
+owner on the loop (a sender's group commit): no task at all, the caller's waiter is handed to
+that owner, which finishes it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from azure.servicebus.exceptions import OperationTimeoutError
 
 from .exceptions import LoopThreadError, closed_error
 
-__all__ = ["Portal", "PortalFuture", "freeze_if_exiting"]
+__all__ = ["Portal", "PortalFuture", "Waiter", "freeze_if_exiting"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -125,8 +127,13 @@ class _Call:
         else:
             self.finish(None)
 
+    @property
+    def context(self) -> contextvars.Context:
+        """The caller's context (a copy), for work done on the caller's behalf."""
+        return self._ctx
+
     def finish(self, error: BaseException | None) -> None:
-        """Loop thread: record the outcome and wake whoever waits for it."""
+        """Loop thread: record the outcome and wake whoever waits for it (once; later calls do nothing)."""
         if self.finished:
             return
         self.finished = True
@@ -138,6 +145,40 @@ class _Call:
         if future is not None:
             _settle_future(future, self.result, error)
         self.done.release()
+
+
+class Waiter(_Call):
+    """A call with no task of its own (see :meth:`Portal.enlist`): on the loop thread it is
+    handed to ``enter``, whose owner finishes it with :meth:`finish`; if its caller gives up
+    first (timeout, Ctrl+C), ``leave`` takes it back and it ends cancelled."""
+
+    __slots__ = ("_enter", "_leave")
+
+    def __init__(self, enter: Callable[[Waiter], None], leave: Callable[[Waiter], None], pending: set[_Call]) -> None:
+        super().__init__(_no_factory, pending)
+        self._enter = enter
+        self._leave = leave
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.finished:
+            return
+        if self.cancel_requested:
+            self.finish(asyncio.CancelledError())
+            return
+        try:
+            self._enter(self)
+        except BaseException as exc:  # the caller's to handle, in its own thread
+            self.finish(exc)
+
+    def cancel(self) -> None:
+        self.cancel_requested = True
+        if not self.finished:
+            self._leave(self)
+            self.finish(asyncio.CancelledError())
+
+
+async def _no_factory() -> None:
+    raise AssertionError("a Waiter runs no coroutine")
 
 
 def _settle_future(future: PortalFuture[Any], result: Any, error: BaseException | None) -> None:
@@ -293,16 +334,41 @@ class Portal:
             error = None
             call.error = None
 
+    def enlist(
+        self, enter: Callable[[Waiter], None], leave: Callable[[Waiter], None], *, timeout: float | None = None
+    ) -> Any:
+        """Block until work on the loop finishes a :class:`Waiter`; return or raise its outcome.
+
+        For work that already has an owner on the loop (a sender's group commit): instead of a
+        task per call, ``enter(waiter)`` runs on the loop thread and hands the waiter to that
+        owner, which calls ``waiter.finish(error)`` (after setting ``waiter.result``). Waiters
+        handed over together share one wake-up of the loop. ``timeout`` and Ctrl+C behave as
+        in :meth:`call`; the waiter is then taken back with ``leave(waiter)``.
+        """
+        if self._closed:
+            freeze_if_exiting()
+            raise closed_error("client")
+        loop = self._blocking_entry()
+        waiter = Waiter(enter, leave, self._pending)
+        self._schedule(loop, waiter)
+        return self._join(waiter, timeout)
+
     def _call(self, factory: Callable[[], Awaitable[T]], timeout: float | None) -> T:
+        loop = self._blocking_entry()
+        call = _Call(factory, self._pending)
+        self._schedule(loop, call)
+        return self._join(call, timeout)
+
+    def _blocking_entry(self) -> asyncio.AbstractEventLoop:
+        """The guard of every blocking way in: the loop, started if needed; LoopThreadError if
+        called from the loop thread itself."""
         loop = self._ensure_loop()  # first: after a fork, a new thread may reuse the old loop thread's id
         if threading.get_ident() == self._thread_id:
             raise LoopThreadError(
                 "A blocking sbsync call was made from sbsync's own event-loop thread; it would "
                 "wait for itself forever. Make blocking calls from your own threads."
             )
-        call = _Call(factory, self._pending)
-        self._schedule(loop, call)
-        return self._join(call, timeout)
+        return loop
 
     def _schedule(self, loop: asyncio.AbstractEventLoop, call: _Call) -> None:
         """Hand ``call`` to the loop from the caller's thread: into the inbox, with one

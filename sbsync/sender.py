@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import time
 from collections.abc import Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Callable, Union, cast
 
@@ -11,7 +12,9 @@ from azure.servicebus.aio import ServiceBusSender as AsyncServiceBusSender
 from azure.servicebus.amqp import AmqpAnnotatedMessage
 
 from ._group_send import SendGroup, groupable
-from ._handle import Handle, check_count, check_sequence_numbers, check_type
+from ._handle import Handle, check_count, check_sequence_numbers, check_timeout, check_type
+from ._portal import Waiter, freeze_if_exiting
+from .exceptions import ClientClosedError, closed_error
 
 if TYPE_CHECKING:
     from .client import ServiceBusClient
@@ -96,6 +99,9 @@ class ServiceBusSender(Handle[AsyncServiceBusSender]):
         """Send a message, a list of messages or a batch; returns once the broker accepted it."""
         if groupable(message, kwargs):
             single = cast(ServiceBusMessage, message)
+            if self._group.busy:
+                self._send_joined(single, timeout)
+                return
             self._run(
                 "send_messages",
                 lambda s: self._group.send(s, single, self._lane("link")),
@@ -104,6 +110,45 @@ class ServiceBusSender(Handle[AsyncServiceBusSender]):
             )
         else:
             self._run("send_messages", lambda s: s.send_messages(message, timeout=timeout, **kwargs), timeout=timeout)
+
+    def _send_joined(self, message: ServiceBusMessage, timeout: float | None) -> None:
+        """Others are sending: join their group from this thread, with no task of this call's
+        own (see ``Portal.enlist``); a failure is the first attempt of a send under the retry
+        policy, which goes on the usual way."""
+        if self._is_closed():
+            freeze_if_exiting()
+            raise closed_error(self._kind)
+        check_timeout(timeout)
+        started = time.monotonic()
+        try:
+            self._portal.enlist(
+                lambda waiter: self._enter_group(message, waiter), self._leave_group, timeout=timeout
+            )
+            return
+        except ClientClosedError:
+            raise
+        except Exception as exc:
+            failure = exc
+        left = None if timeout is None else timeout - (time.monotonic() - started)
+        if left is not None and left <= 0:
+            raise failure  # this call's own timeout, or no time left for another attempt
+        self._run(
+            "send_messages",
+            lambda s: self._group.send(s, message, self._lane("link")),
+            timeout=left,
+            lane=None,
+            first_attempt=(failure, started),
+        )
+
+    def _enter_group(self, message: ServiceBusMessage, waiter: Waiter) -> None:
+        """Loop thread: hand ``waiter`` (its caller's message) to the group commit."""
+        if self._is_closed():
+            raise closed_error(self._kind)
+        sdk = self._sdk()
+        self._group.enlist(sdk, message, waiter, self._lane("link"))
+
+    def _leave_group(self, waiter: Waiter) -> None:
+        self._group.leave(waiter)
 
     def schedule_messages(
         self,

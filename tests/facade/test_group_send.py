@@ -154,6 +154,69 @@ def test_an_inline_send_error_is_its_callers_alone(conn_str, emulator, queue):
         assert sorted(_drain(client, queue)) == sorted(["open", "after", *(f"o{i}" for i in range(3))])
 
 
+def _queued(sender: sbsync.ServiceBusSender, count: int) -> None:
+    _wait_until(lambda: len(sender._group._queue) == count)
+
+
+def _tasks_on_the_loop(client: sbsync.ServiceBusClient) -> int:
+    async def count() -> int:
+        return len(asyncio.all_tasks()) - 1  # not this one
+
+    return client._portal.call(count)
+
+
+def test_callers_joining_a_busy_group_wait_without_a_task_of_their_own(client, emulator, queue):
+    with client.get_queue_sender(queue) as sender:
+        sender.send_messages(ServiceBusMessage("open"))
+        with _slow_sends(emulator, 0.5):
+            first = _Caller(sender, "first")
+            first.start()
+            _wait_until(lambda: sender._group._inline)
+            tasks_before = _tasks_on_the_loop(client)
+            others = [_Caller(sender, f"o{i}") for i in range(6)]
+            for caller in others:
+                caller.start()
+            _queued(sender, 6)
+            assert all(entry.waiter is not None for entry in sender._group._queue)
+            assert _tasks_on_the_loop(client) == tasks_before
+            assert [c.result() for c in [first, *others]] == ["ok"] * 7
+    assert sorted(_drain(client, queue)) == sorted(["open", "first", *(f"o{i}" for i in range(6))])
+
+
+def test_callers_of_a_failed_group_retry_and_each_message_arrives_once(conn_str, emulator, queue):
+    with sbsync.ServiceBusClient.from_connection_string(conn_str, retry_backoff_factor=0.05) as client:
+        with client.get_queue_sender(queue) as sender:
+            sender.send_messages(ServiceBusMessage("open"))
+            with _slow_sends(emulator, 0.3):
+                # The inline send fails, then the group's transfer (it goes first: the inline
+                # caller's retry waits for its backoff).
+                emulator.faults.fail_next(2, operation="send")
+                first = _Caller(sender, "first")
+                others = _inline_then_behind(sender, first, 4)
+                assert [c.result() for c in [first, *others]] == ["ok"] * 5
+        delivered = _drain(client, queue)
+    assert sorted(delivered) == sorted(["open", "first", *(f"o{i}" for i in range(4))])
+
+
+@pytest.mark.parametrize("closing", ["sender", "client"])
+def test_closing_ends_the_wait_of_callers_queued_in_a_group(conn_str, emulator, queue, closing):
+    client = sbsync.ServiceBusClient.from_connection_string(conn_str)
+    try:
+        sender = client.get_queue_sender(queue)
+        sender.send_messages(ServiceBusMessage("open"))
+        with _slow_sends(emulator, 2.0):
+            first = _Caller(sender, "first")
+            others = _inline_then_behind(sender, first, 4)
+            _queued(sender, 4)
+            (sender if closing == "sender" else client).close()
+            outcomes = [c.result() for c in [first, *others]]
+        assert all(isinstance(o, sbsync.exceptions.ClientClosedError) for o in outcomes), outcomes
+        with pytest.raises(sbsync.exceptions.ClientClosedError):
+            sender.send_messages(ServiceBusMessage("after"))
+    finally:
+        client.close()
+
+
 # -- filling a group's batch with each message encoded once (no Service Bus involved) ---------
 
 
