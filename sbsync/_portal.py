@@ -23,6 +23,7 @@ import contextvars
 import itertools
 import logging
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Awaitable
@@ -44,6 +45,10 @@ CANCEL_GRACE = 2.0
 SHUTDOWN_GRACE = 5.0
 #: atexit is for processes that never closed their client: be quick, not graceful.
 _ATEXIT_GRACE = 1.0
+
+#: Python 3.12+: a call's task takes its first step at once, in the loop iteration that
+#: received the call, instead of one iteration later (one epoll round less per call).
+_EAGER_TASKS = sys.version_info >= (3, 12)
 
 _THREAD_NUMBERS = itertools.count(1)
 _PORTALS: weakref.WeakSet[Portal] = weakref.WeakSet()
@@ -108,8 +113,11 @@ class _Call:
         if self.cancel_requested:
             self.finish(asyncio.CancelledError())
             return
-        # create_task copies the current context: running it inside ctx hands the task a copy.
-        self.task = self._ctx.run(loop.create_task, self.run())
+        if _EAGER_TASKS:
+            self.task = asyncio.Task(self.run(), loop=loop, context=self._ctx, eager_start=True)  # type: ignore[call-arg]
+        else:
+            # create_task copies the current context: running it inside ctx hands the task a copy.
+            self.task = self._ctx.run(loop.create_task, self.run())
 
     def cancel(self) -> None:
         """Loop thread: cancel the task, or make sure it never starts."""
