@@ -5,6 +5,10 @@ carries them all as one batch (up to the link's size limit, and only messages wi
 session id and partition key, which Service Bus requires of a batch). Each caller still gets
 its own outcome: the batch's, raised as its own copy of the exception.
 
+Callers arriving while the group is busy join it from their own threads with no task of their
+own: each hands a :class:`~sbsync._portal.Waiter` over (one loop wake-up for all the waiters
+handed over before the loop takes them) and the transfer carrying its message finishes it.
+
 One flusher task per sender drains the queue, holding the sender's ``"link"`` lane for each
 transfer, so group sends never interleave with the sender's other operations. A send that finds
 the group idle (nothing queued, no transfer in flight, the lane free) is the common case of a

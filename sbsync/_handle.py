@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import numbers
 import time
@@ -186,10 +187,14 @@ class Handle(Generic[SdkT]):
         first_attempt: tuple[Exception, float] | None = None,
     ) -> R:
         """Loop thread: :meth:`_invoke` under the retry policy, the one place attempts are counted;
-        what the SDK raises is mapped to sbsync's errors (``_sdk.map_sdk_errors``)."""
-        subject = self._entity or getattr(self, "_namespace", None) or self._kind
-        with map_sdk_errors(subject, lambda cause: self._lost_with_link(operation, cause)):
+        what the SDK raises is mapped to sbsync's errors."""
+        with self._mapped_errors(operation):
             return await self._retried(operation, fn, lane, policy, first_attempt)
+
+    def _mapped_errors(self, operation: str) -> contextlib.AbstractContextManager[None]:
+        """``_sdk.map_sdk_errors`` for ``operation`` on this handle's entity."""
+        subject = self._entity or getattr(self, "_namespace", None) or self._kind
+        return map_sdk_errors(subject, lambda cause: self._lost_with_link(operation, cause))
 
     async def _retried(
         self,

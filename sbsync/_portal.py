@@ -71,74 +71,44 @@ def freeze_if_exiting() -> None:
         threading.Event().wait()
 
 
-class _Call:
-    """One coroutine run on the loop for one caller; finished exactly once, on the loop thread."""
+class _Pending:
+    """One caller's call on the loop: its outcome, and the lock its caller blocks on until the
+    outcome is in; finished exactly once, on the loop thread."""
 
-    __slots__ = (
-        "_ctx",
-        "_factory",
-        "_pending",
-        "cancel_requested",
-        "done",
-        "error",
-        "finished",
-        "future",
-        "result",
-        "task",
-    )
+    __slots__ = ("_ctx", "_pending", "cancel_requested", "done", "error", "finished", "future", "result")
 
-    def __init__(
-        self,
-        factory: Callable[[], Awaitable[Any]],
-        pending: set[_Call],
-        future: PortalFuture[Any] | None = None,
-    ) -> None:
-        self._factory = factory
-        # Run in a copy of the caller's context, so contextvars set by the caller are seen.
+    def __init__(self, pending: set[_Pending], future: PortalFuture[Any] | None = None) -> None:
+        # Work for the caller runs in a copy of its context, so contextvars it set are seen.
         self._ctx = contextvars.copy_context()
         self._pending = pending
         self.done = threading.Lock()
         self.done.acquire()
         self.result: Any = None
         self.error: BaseException | None = None
-        self.task: asyncio.Task[None] | None = None
         self.cancel_requested = False
         self.finished = False
         self.future = future
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Loop thread: create the task (unless cancelled or failed before it started)."""
-        if self.finished:
-            return
-        if self.cancel_requested:
-            self.finish(asyncio.CancelledError())
-            return
-        if _EAGER_TASKS:
-            self.task = asyncio.Task(self.run(), loop=loop, context=self._ctx, eager_start=True)  # type: ignore[call-arg]
-        else:
-            # create_task copies the current context: running it inside ctx hands the task a copy.
-            self.task = self._ctx.run(loop.create_task, self.run())
-
-    def cancel(self) -> None:
-        """Loop thread: cancel the task, or make sure it never starts."""
-        self.cancel_requested = True
-        if self.task is not None:
-            self.task.cancel()
-
-    async def run(self) -> None:
-        if self.finished:  # swept by a stopping loop before its first step
-            return
-        try:
-            self.result = await self._factory()
-        except BaseException as exc:  # handed to the caller's thread, whatever it is
-            self.finish(exc)
-        else:
-            self.finish(None)
 
     @property
     def context(self) -> contextvars.Context:
         """The caller's context (a copy), for work done on the caller's behalf."""
         return self._ctx
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Loop thread: begin the work (unless cancelled or finished before it started)."""
+        if self.finished:
+            return
+        if self.cancel_requested:
+            self.finish(asyncio.CancelledError())
+            return
+        self._begin(loop)
+
+    def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        """Loop thread: stop the work, or make sure it never starts."""
+        raise NotImplementedError
 
     def finish(self, error: BaseException | None) -> None:
         """Loop thread: record the outcome and wake whoever waits for it (once; later calls do nothing)."""
@@ -155,24 +125,59 @@ class _Call:
         self.done.release()
 
 
-class Waiter(_Call):
+class _Call(_Pending):
+    """A coroutine run on the loop, in a task of its own, for one caller."""
+
+    __slots__ = ("_factory", "task")
+
+    def __init__(
+        self,
+        factory: Callable[[], Awaitable[Any]],
+        pending: set[_Pending],
+        future: PortalFuture[Any] | None = None,
+    ) -> None:
+        super().__init__(pending, future)
+        self._factory = factory
+        self.task: asyncio.Task[None] | None = None
+
+    def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
+        if _EAGER_TASKS:
+            self.task = asyncio.Task(self.run(), loop=loop, context=self._ctx, eager_start=True)  # type: ignore[call-arg]
+        else:
+            # create_task copies the current context: running it inside ctx hands the task a copy.
+            self.task = self._ctx.run(loop.create_task, self.run())
+
+    def cancel(self) -> None:
+        self.cancel_requested = True
+        if self.task is not None:
+            self.task.cancel()
+
+    async def run(self) -> None:
+        if self.finished:  # swept by a stopping loop before its first step
+            return
+        try:
+            self.result = await self._factory()
+        except BaseException as exc:  # handed to the caller's thread, whatever it is
+            self.finish(exc)
+        else:
+            self.finish(None)
+
+
+class Waiter(_Pending):
     """A call with no task of its own (see :meth:`Portal.enlist`): on the loop thread it is
     handed to ``enter``, whose owner finishes it with :meth:`finish`; if its caller gives up
     first (timeout, Ctrl+C), ``leave`` takes it back and it ends cancelled."""
 
     __slots__ = ("_enter", "_leave")
 
-    def __init__(self, enter: Callable[[Waiter], None], leave: Callable[[Waiter], None], pending: set[_Call]) -> None:
-        super().__init__(_no_factory, pending)
+    def __init__(
+        self, enter: Callable[[Waiter], None], leave: Callable[[Waiter], None], pending: set[_Pending]
+    ) -> None:
+        super().__init__(pending)
         self._enter = enter
         self._leave = leave
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self.finished:
-            return
-        if self.cancel_requested:
-            self.finish(asyncio.CancelledError())
-            return
+    def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             self._enter(self)
         except BaseException as exc:  # the caller's to handle, in its own thread
@@ -183,10 +188,6 @@ class Waiter(_Call):
         if not self.finished:
             self._leave(self)
             self.finish(asyncio.CancelledError())
-
-
-async def _no_factory() -> None:
-    raise AssertionError("a Waiter runs no coroutine")
 
 
 def _settle_future(future: PortalFuture[Any], result: Any, error: BaseException | None) -> None:
@@ -270,8 +271,8 @@ class Portal:
         self._thread: threading.Thread | None = None
         self._thread_id: int | None = None
         self._accepting = False
-        self._pending: set[_Call] = set()
-        self._inbox: collections.deque[_Call] = collections.deque()
+        self._pending: set[_Pending] = set()
+        self._inbox: collections.deque[_Pending] = collections.deque()
         self._wake_sent = False
         self._lock = threading.Lock()
         _PORTALS.add(self)
@@ -325,7 +326,7 @@ class Portal:
         self._schedule(loop, call)
         return future
 
-    def _join(self, call: _Call, timeout: float | None) -> Any:
+    def _join(self, call: _Pending, timeout: float | None) -> Any:
         """Block until ``call`` finishes; return or raise its outcome (see :meth:`call`)."""
         timed_out = self._wait(call, timeout)
         error = call.error
@@ -378,7 +379,7 @@ class Portal:
             )
         return loop
 
-    def _schedule(self, loop: asyncio.AbstractEventLoop, call: _Call) -> None:
+    def _schedule(self, loop: asyncio.AbstractEventLoop, call: _Pending) -> None:
         """Hand ``call`` to the loop from the caller's thread: into the inbox, with one
         wake-up for every call handed over before the loop takes it (the task itself is
         created on the loop thread, where asyncio expects it)."""
@@ -410,7 +411,7 @@ class Portal:
         while inbox:
             inbox.popleft().start(loop)
 
-    def _wait(self, call: _Call, timeout: float | None) -> bool:
+    def _wait(self, call: _Pending, timeout: float | None) -> bool:
         """Block until ``call`` finishes; return True if it was cancelled for the timeout."""
         try:
             if timeout is None:
@@ -430,7 +431,7 @@ class Portal:
             )
         return True
 
-    def _cancel(self, call: _Call) -> None:
+    def _cancel(self, call: _Pending) -> None:
         loop = self._loop
         if loop is None:
             return

@@ -130,8 +130,9 @@ class ServiceBusSender(Handle[AsyncServiceBusSender]):
         except Exception as exc:
             failure = exc
         left = None if timeout is None else timeout - (time.monotonic() - started)
-        if left is not None and left <= 0:
-            raise failure  # this call's own timeout, or no time left for another attempt
+        if left is not None and left <= 0:  # this call's own timeout, or no time left for another attempt
+            with self._mapped_errors("send_messages"):
+                raise failure
         self._run(
             "send_messages",
             lambda s: self._group.send(s, message, self._lane("link")),
