@@ -290,6 +290,12 @@ class Handle(Generic[SdkT]):
     def _is_closed(self) -> bool:
         return self._closed or self._portal.closed
 
+    def _refuse_if_closed(self) -> None:
+        """Caller side, first thing in every call: ``ClientClosedError`` once closed."""
+        if self._is_closed():
+            freeze_if_exiting()
+            raise closed_error(self._kind)
+
     def _run(
         self,
         operation: str,
@@ -308,9 +314,7 @@ class Handle(Generic[SdkT]):
         ``lane``: see :meth:`_invoke`. ``first_attempt``: an attempt already made another way
         (its failure and ``time.monotonic()`` at its start), counted as attempt 1.
         """
-        if self._is_closed():
-            freeze_if_exiting()
-            raise closed_error(self._kind)
+        self._refuse_if_closed()
         check_timeout(timeout)
         return self._portal.call(
             lambda: self._attempts(operation, fn, lane, policy, first_attempt), timeout=timeout
@@ -320,9 +324,7 @@ class Handle(Generic[SdkT]):
         self, operation: str, fn: Callable[[SdkT], Awaitable[R]], *, lane: str | None = "link", policy: RetryPolicy | None = None
     ) -> PortalFuture[R]:
         """Like :meth:`_run` without blocking (for background work such as lock renewal)."""
-        if self._is_closed():
-            freeze_if_exiting()
-            raise closed_error(self._kind)
+        self._refuse_if_closed()
         return self._portal.submit(lambda: self._attempts(operation, fn, lane, policy))
 
     def _build_now(self) -> None:

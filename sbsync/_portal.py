@@ -309,22 +309,24 @@ class Portal:
         coroutine too, then propagates. Exceptions keep their type and their loop-side
         traceback, continued by the caller's frames.
         """
-        if self._closed:
-            freeze_if_exiting()
-            raise closed_error("client")
+        self._refuse_if_closed()
         return self._call(factory, timeout)
 
     def submit(self, factory: Callable[[], Awaitable[T]]) -> PortalFuture[T]:
         """Schedule ``factory()`` on the loop without waiting; ``future.cancel()`` cancels it."""
-        if self._closed:
-            freeze_if_exiting()
-            raise closed_error("client")
+        self._refuse_if_closed()
         loop = self._ensure_loop()
         future: PortalFuture[T] = PortalFuture(self)
         call = _Call(factory, self._pending, future)
         future._call = call
         self._schedule(loop, call)
         return future
+
+    def _refuse_if_closed(self) -> None:
+        """Caller side, first thing in every way in: ``ClientClosedError`` once shut down."""
+        if self._closed:
+            freeze_if_exiting()
+            raise closed_error("client")
 
     def _join(self, call: _Pending, timeout: float | None) -> Any:
         """Block until ``call`` finishes; return or raise its outcome (see :meth:`call`)."""
@@ -354,30 +356,24 @@ class Portal:
         handed over together share one wake-up of the loop. ``timeout`` and Ctrl+C behave as
         in :meth:`call`; the waiter is then taken back with ``leave(waiter)``.
         """
-        if self._closed:
-            freeze_if_exiting()
-            raise closed_error("client")
-        loop = self._blocking_entry()
-        waiter = Waiter(enter, leave, self._pending)
-        self._schedule(loop, waiter)
-        return self._join(waiter, timeout)
+        self._refuse_if_closed()
+        return self._block_on(lambda: Waiter(enter, leave, self._pending), timeout)
 
     def _call(self, factory: Callable[[], Awaitable[T]], timeout: float | None) -> T:
-        loop = self._blocking_entry()
-        call = _Call(factory, self._pending)
-        self._schedule(loop, call)
-        return self._join(call, timeout)
+        return self._block_on(lambda: _Call(factory, self._pending), timeout)
 
-    def _blocking_entry(self) -> asyncio.AbstractEventLoop:
-        """The guard of every blocking way in: the loop, started if needed; LoopThreadError if
-        called from the loop thread itself."""
+    def _block_on(self, make: Callable[[], _Pending], timeout: float | None) -> Any:
+        """Every blocking way in: start the loop if needed, refuse a call from the loop thread
+        itself (it would wait for itself forever), hand ``make()`` over and wait for it."""
         loop = self._ensure_loop()  # first: after a fork, a new thread may reuse the old loop thread's id
         if threading.get_ident() == self._thread_id:
             raise LoopThreadError(
                 "A blocking sbsync call was made from sbsync's own event-loop thread; it would "
                 "wait for itself forever. Make blocking calls from your own threads."
             )
-        return loop
+        call = make()  # after _ensure_loop: a fork reset replaces the pending set it joins
+        self._schedule(loop, call)
+        return self._join(call, timeout)
 
     def _schedule(self, loop: asyncio.AbstractEventLoop, call: _Pending) -> None:
         """Hand ``call`` to the loop from the caller's thread: into the inbox, with one

@@ -13,7 +13,7 @@ from azure.servicebus.amqp import AmqpAnnotatedMessage
 
 from ._group_send import SendGroup, groupable
 from ._handle import Handle, check_count, check_sequence_numbers, check_timeout, check_type
-from ._portal import Waiter, freeze_if_exiting
+from ._portal import Waiter
 from .exceptions import ClientClosedError, closed_error
 
 if TYPE_CHECKING:
@@ -115,9 +115,7 @@ class ServiceBusSender(Handle[AsyncServiceBusSender]):
         """Others are sending: join their group from this thread, with no task of this call's
         own (see ``Portal.enlist``); a failure is the first attempt of a send under the retry
         policy, which goes on the usual way."""
-        if self._is_closed():
-            freeze_if_exiting()
-            raise closed_error(self._kind)
+        self._refuse_if_closed()
         check_timeout(timeout)
         started = time.monotonic()
         try:

@@ -75,10 +75,15 @@ class _Caller(threading.Thread):
         return self.outcome
 
 
-def _inline_then_behind(sender: sbsync.ServiceBusSender, first: _Caller, behind: int) -> list[_Caller]:
-    """Start ``first`` and, once its send is on the wire inline, ``behind`` more callers."""
+def _start_inline(sender: sbsync.ServiceBusSender, first: _Caller) -> None:
+    """Start ``first`` and wait until its send is on the wire inline."""
     first.start()
     _wait_until(lambda: sender._group._inline)
+
+
+def _inline_then_behind(sender: sbsync.ServiceBusSender, first: _Caller, behind: int) -> list[_Caller]:
+    """Start ``first`` and, once its send is on the wire inline, ``behind`` more callers."""
+    _start_inline(sender, first)
     others = [_Caller(sender, f"o{i}") for i in range(behind)]
     for caller in others:
         caller.start()
@@ -112,8 +117,7 @@ def test_a_send_that_gives_up_while_queued_is_never_sent(client, emulator, queue
         sender.send_messages(ServiceBusMessage("open"))
         with _slow_sends(emulator, 1.0):
             first = _Caller(sender, "first")
-            first.start()
-            _wait_until(lambda: sender._group._inline)
+            _start_inline(sender, first)
             gives_up = _Caller(sender, "gave-up", timeout=0.2)
             kept = _Caller(sender, "kept")
             gives_up.start()
@@ -170,8 +174,7 @@ def test_callers_joining_a_busy_group_wait_without_a_task_of_their_own(client, e
         sender.send_messages(ServiceBusMessage("open"))
         with _slow_sends(emulator, 0.5):
             first = _Caller(sender, "first")
-            first.start()
-            _wait_until(lambda: sender._group._inline)
+            _start_inline(sender, first)
             tasks_before = _tasks_on_the_loop(client)
             others = [_Caller(sender, f"o{i}") for i in range(6)]
             for caller in others:
