@@ -129,7 +129,10 @@ def percentile(sorted_samples: list[float], q: float) -> float:
 
 
 def hop_only(calls: int, chunk: int) -> dict[str, dict[str, float]]:
-    """The hop alone (a coroutine that returns at once): sbsync's portal vs the naive hop."""
+    """The hop alone (a coroutine that returns at once): sbsync's portal vs the naive hop.
+
+    Per way: wall-clock p50 and p99, and the process's CPU per call (both threads' share of
+    the hand-over and the two wake-ups; the floor any blocking call on the loop pays)."""
     from sbsync._portal import Portal
 
     async def noop() -> None:
@@ -142,18 +145,25 @@ def hop_only(calls: int, chunk: int) -> dict[str, dict[str, float]]:
         "naive-hop": lambda: asyncio.run_coroutine_threadsafe(noop(), loop).result(),
     }
     samples: dict[str, list[float]] = {name: [] for name in ways}
+    cpu = dict.fromkeys(ways, 0.0)
     try:
         for call in ways.values():
             timed(call, chunk)
         for _ in range(max(1, calls // chunk)):
             for name, call in ways.items():
+                started = time.process_time()
                 samples[name].extend(timed(call, chunk))
+                cpu[name] += time.process_time() - started
     finally:
         portal.shutdown()
     out = {}
     for name, values in samples.items():
         values.sort()
-        out[name] = {"p50_us": percentile(values, 0.5) * 1e6, "p99_us": percentile(values, 0.99) * 1e6}
+        out[name] = {
+            "p50_us": percentile(values, 0.5) * 1e6,
+            "p99_us": percentile(values, 0.99) * 1e6,
+            "cpu_us": cpu[name] / len(values) * 1e6,
+        }
     return out
 
 
@@ -213,7 +223,7 @@ def main() -> None:
     hop = hop_only(args.calls * 5, args.chunk * 5)
     print("\nthe hop alone (no I/O):")
     for name, r in hop.items():
-        print(f"{name:<14} p50 {r['p50_us']:>6.1f} us   p99 {r['p99_us']:>6.1f} us")
+        print(f"{name:<14} p50 {r['p50_us']:>6.1f} us   p99 {r['p99_us']:>6.1f} us   CPU {r['cpu_us']:>6.1f} us")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(

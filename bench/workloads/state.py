@@ -129,7 +129,8 @@ def run(ctx: Context) -> list[Row]:
             figures=figures,
             note=(
                 f"sbsync adds {added[AIO]:+.0f} us vs aio, {added[SYNC]:+.0f} us vs sync (p50); "
-                f"the bare loop hop (no I/O) p50 {hop['p50_us']:.0f} us, p99 {hop['p99_us']:.0f} us"
+                f"the bare loop hop (no I/O) p50 {hop['p50_us']:.0f} us, p99 {hop['p99_us']:.0f} us, "
+                f"{hop['cpu_us']:.0f} us of CPU"
             ),
         )
         row.bound = classify(row)

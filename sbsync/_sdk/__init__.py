@@ -1,7 +1,7 @@
 """The one door to azure-servicebus's internals (private names, patch points, the error map).
 
 sbsync leans on the async SDK's internals for what its public API cannot do: warm links,
-settlement beside a waiting receive, management-link credit, encode-once batches, lock
+settlement beside a waiting receive, management-link credit, compiled batch fills, lock
 bookkeeping. Every private SDK name sbsync uses is reached through this package, and nowhere
 else (the emulator aside, which shares no code with the facade). :mod:`._hooks` lists each
 use with why it is needed, the SDK versions verified, and its fallback; the check at client
@@ -85,5 +85,6 @@ __all__ = [
 
 
 def fill_batch(batch: ServiceBusMessageBatch, messages: Sequence[Any]) -> int:
-    """Add ``messages`` to ``batch`` until one does not fit; how many went in (encode-once)."""
-    return fill(batch, messages, available("encode-once"))
+    """Add ``messages`` to ``batch`` until one does not fit; how many went in (``add_message``'s
+    steps, one compiled encoding each: hook ``batch-fill``)."""
+    return fill(batch, messages, available("batch-fill"), tracing_enabled())

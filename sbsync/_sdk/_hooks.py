@@ -185,7 +185,7 @@ def _keep_alive_stop(p: Probe) -> bool:
     )
 
 
-def _encode_once(p: Probe) -> bool:
+def _batch_fill(p: Probe) -> bool:
     # In an empty context: with tracing on, the probe messages' spans must not join the trace
     # of whoever constructs the first client.
     return contextvars.Context().run(self_check, getattr(p.sender, "_amqp_transport", None))
@@ -322,13 +322,18 @@ HOOKS: dict[str, Hook] = {
             _socket_timeouts,
         ),
         Hook(
-            "encode-once",
-            "encoding each grouped message once",
-            "ServiceBusMessageBatch._amqp_transport, ._message; ServiceBusMessage._message; "
-            "azure.servicebus._pyamqp._encode.encode_payload",
-            "add_message encodes a message twice (to size it, then to add it)",
-            "grouped sends encode each message twice",
-            _encode_once,
+            "batch-fill",
+            "filling a group's batch with one compiled encoding per message",
+            "ServiceBusMessageBatch._amqp_transport, ._message, ._size, ._count, ._messages, "
+            "._tracing_attributes; ServiceBusMessage._message; _common.utils.transform_outbound_messages; "
+            "_common.constants._BATCH_MESSAGE_OVERHEAD_COST; _common.tracing.trace_message; "
+            "azure.servicebus._pyamqp._encode (encode_payload, its typed encoders, _ENCODE_MAP, "
+            "_FIELD_DEFINITIONS); _pyamqp.message.Message, Header, Properties (._definition, ._code)",
+            "add_message encodes a message twice with pyamqp's generic encoder: the largest cost per "
+            "message on the loop thread of a sender shared by many threads",
+            "grouped messages are added the public way (add_message): about 20% fewer msgs/s with 16 "
+            "threads on one sender",
+            _batch_fill,
         ),
         Hook(
             "trace-grouped-sends",

@@ -13,12 +13,24 @@ try:
 except ImportError:  # pragma: no cover - an SDK without pyamqp
     PyamqpMessage = None  # type: ignore[assignment,misc]
 
-# pyamqp's encoder: a batch's encoding of one message, reused (encode-once).
-encode_payload: Any
+# pyamqp's encoder module and message sections, compiled into one encoder, and the SDK's own
+# steps of ServiceBusMessageBatch.add_message: its conversion and its per-message overhead (batch-fill).
+pyamqp_encode: Any
+PyamqpHeader: Any
+PyamqpProperties: Any
 try:
-    from azure.servicebus._pyamqp._encode import encode_payload
+    from azure.servicebus._pyamqp import _encode as pyamqp_encode
+    from azure.servicebus._pyamqp.message import Header as PyamqpHeader
+    from azure.servicebus._pyamqp.message import Properties as PyamqpProperties
 except ImportError:  # pragma: no cover
-    encode_payload = None
+    pyamqp_encode = PyamqpHeader = PyamqpProperties = None
+transform_outbound_messages: Any
+batch_overhead: Any
+try:
+    from azure.servicebus._common.constants import _BATCH_MESSAGE_OVERHEAD_COST as batch_overhead
+    from azure.servicebus._common.utils import transform_outbound_messages
+except ImportError:  # pragma: no cover
+    transform_outbound_messages = batch_overhead = None
 
 # pyamqp's aio clients and connection: the socket read timeout (settle-socket-timeout), the
 # readiness check polled while a link opens (link-open) and the keep-alive task (keep-alive-stop).

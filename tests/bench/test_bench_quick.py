@@ -102,7 +102,10 @@ def test_quick_run_reports_every_workload_and_implementation(group: str, tmp_pat
         if name.split(".")[0] in workloads:
             assert name in rows, name
     if "session_state" in workloads:
-        assert rows["session_state.get_state"]["implementations"]["sbsync"]["p99"] is not None
+        sbsync_state = rows["session_state.get_state"]["implementations"]["sbsync"]
+        assert sbsync_state["p99"] is not None
+        # The floor the per-call targets are read against: the bare hop's latency and CPU.
+        assert sbsync_state["bare_hop_us"]["cpu_us"] > 0, sbsync_state["bare_hop_us"]
         assert document["targets"], "targets were not evaluated"
     if "shared_sender" in workloads:
         assert rows["shared_sender.threads_16"]["implementations"]["sbsync"]["amqp_connections"] >= 1

@@ -4,6 +4,7 @@ sends arriving meanwhile queue and travel together after it; each caller gets it
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import threading
 import time
@@ -57,14 +58,17 @@ def _wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
 class _Caller(threading.Thread):
     """Sends one message from its own thread; ``outcome`` is "ok" or the exception."""
 
-    def __init__(self, sender: sbsync.ServiceBusSender, body: str | bytes, timeout: float | None = None) -> None:
+    def __init__(
+        self, sender: sbsync.ServiceBusSender, body: str | bytes | ServiceBusMessage, timeout: float | None = None
+    ) -> None:
         super().__init__()
-        self._sender, self._body, self._timeout = sender, body, timeout
+        self._sender, self._timeout = sender, timeout
+        self._message = body if isinstance(body, ServiceBusMessage) else ServiceBusMessage(body)
         self.outcome: object = None
 
     def run(self) -> None:
         try:
-            self._sender.send_messages(ServiceBusMessage(self._body), timeout=self._timeout)
+            self._sender.send_messages(self._message, timeout=self._timeout)
             self.outcome = "ok"
         except Exception as exc:
             self.outcome = exc
@@ -220,7 +224,49 @@ def test_closing_ends_the_wait_of_callers_queued_in_a_group(conn_str, emulator, 
         client.close()
 
 
-# -- filling a group's batch with each message encoded once (no Service Bus involved) ---------
+def test_grouped_messages_arrive_with_every_property_they_were_sent_with(client, emulator, queue):
+    """The compiled batch fill's bytes, read back by the broker and the SDK's receiver."""
+    when = datetime.datetime(2031, 5, 6, 7, 8, 9, tzinfo=datetime.timezone.utc)
+
+    def rich(i: int) -> ServiceBusMessage:
+        return ServiceBusMessage(
+            f"body-{i}" * (i * 40 + 1),
+            message_id=f"id-{i}",
+            correlation_id=f"corr-{i}",
+            subject="s" * (300 if i == 2 else 3),  # a properties list too long for list8
+            content_type="text/plain",
+            to="to",
+            reply_to="back",
+            time_to_live=datetime.timedelta(minutes=5 + i),
+            application_properties={"i": i, "f": 0.5, "b": True, "s": "v", "when": when, "raw": b"r"},
+        )
+
+    with client.get_queue_sender(queue) as sender:
+        sender.send_messages(ServiceBusMessage("open"))
+        with _slow_sends(emulator, 0.4):
+            first = _Caller(sender, "first")
+            _start_inline(sender, first)
+            others = [_Caller(sender, rich(i)) for i in range(4)]
+            for caller in others:
+                caller.start()
+            assert [c.result() for c in [first, *others]] == ["ok"] * 5
+    with client.get_queue_receiver(queue, receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE) as receiver:
+        got = {}
+        while batch := receiver.receive_messages(100, max_wait_time=1):
+            got.update({str(m.message_id): m for m in batch if m.message_id and m.message_id.startswith("id-")})
+    assert sorted(got) == [f"id-{i}" for i in range(4)]
+    for i in range(4):
+        message, sent = got[f"id-{i}"], rich(i)
+        assert str(message) == str(sent)
+        assert (message.correlation_id, message.subject, message.content_type, message.to, message.reply_to) == (
+            sent.correlation_id, sent.subject, sent.content_type, sent.to, sent.reply_to)
+        assert message.time_to_live == sent.time_to_live
+        props = {k.decode() if isinstance(k, bytes) else k: v for k, v in message.application_properties.items()}
+        assert props["i"] == i and props["f"] == 0.5 and props["b"] is True
+        assert props["s"] in ("v", b"v") and props["raw"] in ("r", b"r")
+
+
+# -- filling a group's batch the compiled way (no Service Bus involved) ------------------------
 
 
 def _batch(max_size: int = 256 * 1024) -> ServiceBusMessageBatch:
@@ -254,11 +300,12 @@ def fresh_hooks() -> Iterator[None]:
     _hooks.reset()
 
 
-def test_a_batch_filled_with_one_encoding_equals_the_sdks(fresh_hooks):
+def test_a_batch_filled_the_compiled_way_equals_the_sdks(fresh_hooks):
     ours, public, messages = _batch(), _batch(), _messages()
     assert fill_batch(ours, messages) == _filled_the_public_way(public, messages) == 4
-    assert _hooks.available("encode-once")  # the check passed: the fast way was used
+    assert _hooks.available("batch-fill")  # the check passed: the compiled way was used
     assert ours._message == public._message
+    assert [m.message_id for m in ours._messages] == [m.message_id for m in public._messages]
     assert (ours.size_in_bytes, len(ours)) == (public.size_in_bytes, len(public))
     assert ours._amqp_transport is PyamqpTransportAsync  # the sender would rebuild the batch otherwise
 
@@ -272,14 +319,18 @@ def test_a_full_batch_stops_where_the_sdks_would(fresh_hooks):
 
 
 def test_a_changed_sdk_falls_back_to_the_public_way(fresh_hooks, monkeypatch, caplog):
-    # An SDK whose batch no longer matches what the stand-in produces: the check must notice.
-    monkeypatch.setattr(batch_module._EncodeOnce, "get_message_encoded_size", lambda self, message: 1)
+    # An SDK whose encoding no longer matches what the compiled encoder writes: the check must
+    # notice, and the batch is filled the public way.
+    def compile_stale(*args: Any) -> Callable[[Any], bytearray]:
+        return lambda message: bytearray(b"\x00stale")
+
+    monkeypatch.setattr(batch_module, "compile_encoder", compile_stale)
     ours, public, messages = _batch(), _batch(), _messages()
     with caplog.at_level(logging.WARNING, logger="sbsync.sdk"):
         assert fill_batch(ours, messages) == _filled_the_public_way(public, messages)
-    assert not _hooks.available("encode-once")
+    assert not _hooks.available("batch-fill")
     assert ours._message == public._message and ours.size_in_bytes == public.size_in_bytes
-    assert [r.message for r in caplog.records if "encoding each grouped message once" in r.message]
+    assert [r.message for r in caplog.records if "filling a group's batch with one compiled encoding" in r.message]
 
 
 # -- the group's state machine alone (a stand-in SDK sender: no Service Bus involved) ---------

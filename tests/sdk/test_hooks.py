@@ -80,7 +80,7 @@ REMOVE = {
     "link-open": lambda mp: _drop_method(mp, AsyncServiceBusReceiver, "_create_handler"),
     # (the assignment is in the sync base class's __init__)
     "keep-alive-stop": lambda mp: _hide_init_assignments(mp, AMQPClient),
-    "encode-once": lambda mp: mp.setattr(_private, "encode_payload", None),
+    "batch-fill": lambda mp: mp.setattr(_private, "pyamqp_encode", None),
     # (not _renew_locks itself: the SDK's public renew_message_lock, the fallback, calls it)
     "trace-grouped-sends": lambda mp: mp.setattr(_private, "sdk_tracing", None),
     "batch-lock-renewal": lambda mp: mp.setattr(_private, "MGMT_RESPONSE_MESSAGE_EXPIRATION", None),
