@@ -40,8 +40,9 @@ _proven: Encoder | None = None
 def _compiled() -> Encoder | None:
     """The compiled encoder, if every private piece it needs is there."""
     codec = _private.pyamqp_encode
-    steps = (_private.transform_outbound_messages, _private.batch_overhead, getattr(_private.sdk_tracing, "trace_message", None))
-    if codec is None or any(step is None for step in steps):
+    trace_message = getattr(_private.sdk_tracing, "trace_message", None)
+    needed = (codec, _private.transform_outbound_messages, _private.batch_overhead, trace_message)
+    if any(piece is None for piece in needed):
         return None
     return compile_encoder(codec, _private.PyamqpMessage, _private.PyamqpHeader, _private.PyamqpProperties)
 

@@ -224,8 +224,9 @@ def test_closing_ends_the_wait_of_callers_queued_in_a_group(conn_str, emulator, 
         client.close()
 
 
-def test_grouped_messages_arrive_with_every_property_they_were_sent_with(client, emulator, queue):
+def test_grouped_messages_arrive_with_every_property_they_were_sent_with(client, emulator, queue, caplog):
     """The compiled batch fill's bytes, read back by the broker and the SDK's receiver."""
+    caplog.set_level(logging.DEBUG, logger="sbsync._group_send")
     when = datetime.datetime(2031, 5, 6, 7, 8, 9, tzinfo=datetime.timezone.utc)
 
     def rich(i: int) -> ServiceBusMessage:
@@ -250,6 +251,7 @@ def test_grouped_messages_arrive_with_every_property_they_were_sent_with(client,
             for caller in others:
                 caller.start()
             assert [c.result() for c in [first, *others]] == ["ok"] * 5
+    assert any("sending 4 messages in one transfer" in r.getMessage() for r in caplog.records)
     with client.get_queue_receiver(queue, receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE) as receiver:
         got = {}
         while batch := receiver.receive_messages(100, max_wait_time=1):
