@@ -20,6 +20,7 @@ import atexit
 import collections
 import concurrent.futures
 import contextvars
+import errno
 import itertools
 import logging
 import os
@@ -52,9 +53,11 @@ _EAGER_TASKS = sys.version_info >= (3, 12)
 
 _THREAD_NUMBERS = itertools.count(1)
 _PORTALS: weakref.WeakSet[Portal] = weakref.WeakSet()
-# In a forked child the parent's loop, thread and SDK objects are unusable; they are kept
-# referenced here (never closed) so no finalizer acts on sockets the parent still owns.
-_FORK_ORPHANS: list[object] = []
+# Loops that can no longer run, kept referenced here (never closed) so that no finalizer
+# closes descriptors that are not theirs any more: in a forked child, the parent's loop,
+# thread and SDK objects (the parent still owns their sockets); and a loop whose selector
+# descriptor another part of the process closed (its numbers may already be reused).
+_ORPHANS: list[object] = []
 # Serializes the pid-detected fork reset (see Portal._ensure_loop): a child's first calls
 # may come from several request threads at once.
 _FORK_LOCK = threading.Lock()
@@ -476,18 +479,35 @@ class Portal:
         self._accepting = True
         self._loop = loop
         ready.set()
+        orphaned = False
         try:
             loop.run_forever()
+        except OSError as exc:
+            # Only the selector's own wait raises out of run_forever. EBADF: another part of
+            # the process closed the loop's descriptors (uWSGI does, to every descriptor, before
+            # it re-executes itself on a reload). Nothing can run on this loop any more.
+            if exc.errno != errno.EBADF:
+                raise
+            orphaned = True
+            _LOGGER.warning(
+                "%s stopped: its event loop's descriptor was closed by another part of the process; "
+                "calls on this client raise ClientClosedError (create a new client)",
+                name,
+            )
         finally:
             self._accepting = False
             for call in list(self._pending):
                 call.finish(closed_error("client", during_call=True))
             try:
-                loop.run_until_complete(loop.shutdown_asyncgens())
+                if not orphaned:
+                    loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 executor.shutdown(wait=False, cancel_futures=True)
                 asyncio.set_event_loop(None)
-                loop.close()
+                if orphaned:
+                    _ORPHANS.append(loop)
+                else:
+                    loop.close()
                 _LOGGER.debug("%s stopped", name)
 
     async def _drain_and_stop(self, grace: float) -> None:
@@ -528,7 +548,7 @@ class Portal:
         if loop is None or thread is None:
             return
         if first:
-            if finalizer is not None:
+            if finalizer is not None and self._accepting:  # (a loop that ended takes no finalizer)
                 try:
                     self._call(finalizer, timeout)
                 except Exception:
@@ -572,7 +592,7 @@ class Portal:
         """In a forked child: drop the parent's loop and thread without touching them."""
         self._pid = os.getpid()
         if self._loop is not None:
-            _FORK_ORPHANS.append((self._loop, self._thread))
+            _ORPHANS.append((self._loop, self._thread))
         self._loop = None
         self._thread = None
         self._thread_id = None
@@ -584,8 +604,8 @@ class Portal:
         self.generation += 1
 
     def orphan(self, obj: object) -> None:
-        """Keep a previous generation's object alive, unclosed (see ``_FORK_ORPHANS``)."""
-        _FORK_ORPHANS.append(obj)
+        """Keep a previous generation's object alive, unclosed (see ``_ORPHANS``)."""
+        _ORPHANS.append(obj)
 
 
 def _after_fork_in_child() -> None:

@@ -283,3 +283,25 @@ def test_fork_child_gets_its_own_loop():
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "child-status 0" in out, out + err
+
+
+def test_a_loop_whose_descriptor_another_part_of_the_process_closed_ends_quietly(monkeypatch, caplog):
+    """As when uWSGI closes every descriptor before it re-executes itself on a reload."""
+    crashes: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", crashes.append)
+    portal = Portal()
+    loop = portal.loop
+    thread = portal._thread
+    assert thread is not None
+    with caplog.at_level("WARNING", logger="sbsync._portal"):
+        os.close(loop._selector.fileno())  # type: ignore[attr-defined]
+        loop.call_soon_threadsafe(lambda: None)  # its next wait finds the descriptor gone
+        thread.join(10)
+        assert not thread.is_alive()
+        with pytest.raises(ClientClosedError):
+            portal.call(lambda: asyncio.sleep(0))
+        portal.shutdown()  # closes without a finalizer error
+    assert crashes == []  # no traceback from the loop thread
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "closed by another part of the process" in warnings[0], warnings
+    assert not loop.is_closed()  # its descriptors' numbers may be someone else's: never closed
