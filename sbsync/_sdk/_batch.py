@@ -47,6 +47,12 @@ def _compiled() -> Encoder | None:
     return compile_encoder(codec, _private.PyamqpMessage, _private.PyamqpHeader, _private.PyamqpProperties)
 
 
+def _not_batched(added: int, messages: Sequence[Any]) -> None:
+    # This message cannot be encoded (the batch is as before it): it stops the batch here, so
+    # that it goes alone and the SDK tells its own caller what is wrong with it.
+    _LOGGER.debug("message %d of %d not batched", added + 1, len(messages), exc_info=True)
+
+
 def _add_all_public(batch: ServiceBusMessageBatch, messages: Sequence[Any]) -> int:
     added = 0
     try:
@@ -56,9 +62,7 @@ def _add_all_public(batch: ServiceBusMessageBatch, messages: Sequence[Any]) -> i
     except MessageSizeExceededError:
         pass  # the batch is full: the rest are not in it
     except Exception:
-        # This message cannot be encoded (the batch is as before it): it stops the batch
-        # here, so that it goes alone and the SDK tells its own caller what is wrong with it.
-        _LOGGER.debug("message %d of %d not batched", added + 1, len(messages), exc_info=True)
+        _not_batched(added, messages)
     return added
 
 
@@ -81,7 +85,7 @@ def _add_all_compiled(
                 )
             encoded = encode(outgoing._message)
         except Exception:
-            _LOGGER.debug("message %d of %d not batched", added + 1, len(messages), exc_info=True)
+            _not_batched(added, messages)
             break
         # The SDK's accounting: a message's encoding plus its data section's framing.
         size = len(encoded)

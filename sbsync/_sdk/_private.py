@@ -18,19 +18,16 @@ except ImportError:  # pragma: no cover - an SDK without pyamqp
 pyamqp_encode: Any
 PyamqpHeader: Any
 PyamqpProperties: Any
-try:
-    from azure.servicebus._pyamqp import _encode as pyamqp_encode
-    from azure.servicebus._pyamqp.message import Header as PyamqpHeader
-    from azure.servicebus._pyamqp.message import Properties as PyamqpProperties
-except ImportError:  # pragma: no cover
-    pyamqp_encode = PyamqpHeader = PyamqpProperties = None
 transform_outbound_messages: Any
 batch_overhead: Any
 try:
     from azure.servicebus._common.constants import _BATCH_MESSAGE_OVERHEAD_COST as batch_overhead
     from azure.servicebus._common.utils import transform_outbound_messages
+    from azure.servicebus._pyamqp import _encode as pyamqp_encode
+    from azure.servicebus._pyamqp.message import Header as PyamqpHeader
+    from azure.servicebus._pyamqp.message import Properties as PyamqpProperties
 except ImportError:  # pragma: no cover
-    transform_outbound_messages = batch_overhead = None
+    pyamqp_encode = PyamqpHeader = PyamqpProperties = transform_outbound_messages = batch_overhead = None
 
 # pyamqp's aio clients and connection: the socket read timeout (settle-socket-timeout), the
 # readiness check polled while a link opens (link-open) and the keep-alive task (keep-alive-stop).

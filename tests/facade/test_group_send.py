@@ -85,6 +85,17 @@ def _start_inline(sender: sbsync.ServiceBusSender, first: _Caller) -> None:
     _wait_until(lambda: sender._group._inline)
 
 
+@contextmanager
+def _first_send_inline(sender: sbsync.ServiceBusSender, emulator: Any, seconds: float) -> Iterator[_Caller]:
+    """The link open and sends slowed by ``seconds``: a first caller's send is on the wire
+    inline, so that callers started meanwhile queue behind it."""
+    sender.send_messages(ServiceBusMessage("open"))
+    with _slow_sends(emulator, seconds):
+        first = _Caller(sender, "first")
+        _start_inline(sender, first)
+        yield first
+
+
 def _inline_then_behind(sender: sbsync.ServiceBusSender, first: _Caller, behind: int) -> list[_Caller]:
     """Start ``first`` and, once its send is on the wire inline, ``behind`` more callers."""
     _start_inline(sender, first)
@@ -118,10 +129,7 @@ def test_sends_arriving_during_an_inline_send_travel_together_after_it(client, e
 
 def test_a_send_that_gives_up_while_queued_is_never_sent(client, emulator, queue):
     with client.get_queue_sender(queue) as sender:
-        sender.send_messages(ServiceBusMessage("open"))
-        with _slow_sends(emulator, 1.0):
-            first = _Caller(sender, "first")
-            _start_inline(sender, first)
+        with _first_send_inline(sender, emulator, 1.0) as first:
             gives_up = _Caller(sender, "gave-up", timeout=0.2)
             kept = _Caller(sender, "kept")
             gives_up.start()
@@ -175,10 +183,7 @@ def _tasks_on_the_loop(client: sbsync.ServiceBusClient) -> int:
 
 def test_callers_joining_a_busy_group_wait_without_a_task_of_their_own(client, emulator, queue):
     with client.get_queue_sender(queue) as sender:
-        sender.send_messages(ServiceBusMessage("open"))
-        with _slow_sends(emulator, 0.5):
-            first = _Caller(sender, "first")
-            _start_inline(sender, first)
+        with _first_send_inline(sender, emulator, 0.5) as first:
             tasks_before = _tasks_on_the_loop(client)
             others = [_Caller(sender, f"o{i}") for i in range(6)]
             for caller in others:
@@ -243,10 +248,7 @@ def test_grouped_messages_arrive_with_every_property_they_were_sent_with(client,
         )
 
     with client.get_queue_sender(queue) as sender:
-        sender.send_messages(ServiceBusMessage("open"))
-        with _slow_sends(emulator, 0.4):
-            first = _Caller(sender, "first")
-            _start_inline(sender, first)
+        with _first_send_inline(sender, emulator, 0.4) as first:
             others = [_Caller(sender, rich(i)) for i in range(4)]
             for caller in others:
                 caller.start()
